@@ -1,0 +1,78 @@
+# orbit-edge -- every target installs what it needs (apt-get + pip into .venv/).
+SHELL := /bin/bash
+.SHELLFLAGS := -eu -o pipefail -c
+.DEFAULT_GOAL := help
+
+PYTHON      ?= python3
+VENV        := .venv
+VPY         := $(VENV)/bin/python
+VPIP        := $(VENV)/bin/pip
+CACHE       ?= $(HOME)/.cache/orbit-edge
+PYTEST_ARGS ?=
+export PIP_DISABLE_PIP_VERSION_CHECK := 1
+
+# Debian packages: cross compiler + arm64 Python headers (wheel-aarch64), Debian's own python3.11
+# with venv (its sysconfigdata drives the cross build), qemu-user + mmdebstrap (arm64 rootfs tests).
+APT_PACKAGES := gcc-aarch64-linux-gnu g++-aarch64-linux-gnu libpython3.11-dev:arm64 python3.11 \
+                python3.11-venv python3.11-dev qemu-user-static mmdebstrap binfmt-support
+
+.PHONY: help deps-apt venv build wheel wheel-aarch64 rootfs-aarch64 test test-aarch64 bench demo clean
+
+help:
+	@echo "make test           build everything and run the whole test suite (incl. the arm64 check)"
+	@echo "make build          .venv + compiled kernels (in place, editable install)"
+	@echo "make wheel          x86_64 wheel into dist/"
+	@echo "make wheel-aarch64  cross-built manylinux aarch64 wheel into dist/"
+	@echo "make bench          benchmarks against peers -> bench/results.json, bench/RESULTS.md"
+
+deps-apt:
+	@missing=""; for p in $(APT_PACKAGES); do dpkg -s "$$p" >/dev/null 2>&1 || missing="$$missing $$p"; done; \
+	if [ -n "$$missing" ]; then \
+	  echo "apt-get install:$$missing"; \
+	  dpkg --print-foreign-architectures | grep -qx arm64 || dpkg --add-architecture arm64; \
+	  apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq $$missing >/dev/null; \
+	fi
+
+$(VENV)/.stamp: requirements-dev.txt
+	$(PYTHON) -m venv $(VENV)
+	$(VPIP) install -q --upgrade pip
+	$(VPIP) install -q -r requirements-dev.txt
+	touch $@
+
+venv: $(VENV)/.stamp
+
+build: venv
+	$(VPY) setup.py -q build_ext --inplace -j 2
+	@$(VPY) -c "import edge" 2>/dev/null && [ -x $(VENV)/bin/edge ] || \
+	  $(VPIP) install -q --no-build-isolation --no-deps -e .
+
+wheel: venv
+	rm -rf build/ dist/orbit_edge-*x86_64*.whl
+	$(VPY) -m build --wheel --no-isolation --outdir dist/ .
+
+wheel-aarch64: deps-apt
+	bash firmware_sim/cross_wheel.sh dist/
+
+rootfs-aarch64: deps-apt
+	bash firmware_sim/rootfs.sh
+
+test: build deps-apt
+	$(MAKE) --no-print-directory wheel-aarch64
+	$(VPY) -m pytest $(PYTEST_ARGS)
+
+test-aarch64: build deps-apt wheel-aarch64
+	$(VPY) -m pytest -m aarch64 $(PYTEST_ARGS)
+
+$(VENV)/.stamp-bench: $(VENV)/.stamp requirements-bench.txt
+	$(VPIP) install -q -r requirements-bench.txt
+	touch $@
+
+bench: build $(VENV)/.stamp-bench
+	$(VPY) -m bench.run
+
+demo:
+	@echo "make demo arrives with the flight pipeline (issue 4); nothing to run yet." >&2; exit 2
+
+clean:
+	rm -rf build/ dist/ edge/_ext/*.so ext/*.c.tmp .pytest_cache .hypothesis
+	find ext -name '*.pyx' | sed 's/\.pyx$$/.c/' | xargs rm -f

@@ -1,0 +1,1 @@
+"""Compiled kernels (built from ext/). Import them only through edge.kernels._backend."""
