@@ -380,8 +380,34 @@ def bench_preprocess(run: Run) -> None:
                          "reported anyway (see the route table).")
     else:
         run.notes.append(f"preprocess: OpenCV not measured: {why}")
-    res["opencv_note"] = ("OpenCV computes no per-tile statistics; ours does (bright-pixel counts etc.) in the "
-                          "same pass, inside the timed call.")
+    # The routes above make the tiles only; ours also computes the per-tile statistics in the same
+    # pass. The peer for the target does the same work: the fastest tiles route + OpenCV statistics.
+    if res["opencv_ms"] is not None:
+        res["opencv_tiles_only_ms"] = res["opencv_ms"]
+        res["opencv_tiles_only_route"] = res.pop("opencv_route", None)
+        res["opencv_ms"] = None
+    cv_stats = pp.TileStats.empty(n, len(BANDS))
+    same, why_same = peers.opencv_preprocess_same_work(
+        frame, origins, TILE, TILE, BANDS, np.asarray(lut), out_ref, BRIGHT_THRESHOLD,
+        cv_stats.band_mean, cv_stats.bright_fraction, cv_stats.nodata_fraction)
+    if same is not None:
+        out_ref.fill(0)
+        t = run.timed(f"{key}.opencv.same_work", same)
+        exact = (np.array_equal(out_ref, out) and np.array_equal(cv_stats.bright_fraction, stats.bright_fraction)
+                 and np.array_equal(cv_stats.nodata_fraction, stats.nodata_fraction))
+        mean_err = float(np.max(np.abs(cv_stats.band_mean - stats.band_mean)))
+        res["opencv_ms"] = _r(t.ms)
+        res["opencv_route"] = ("per tile: cv2.split -> cv2.LUT per plane into out; cv2.mean; cv2.min/max over "
+                               "planes -> cv2.compare + cv2.countNonZero")
+        res["opencv_same_work_exact"] = bool(exact)
+        res["opencv_band_mean_max_abs_diff"] = mean_err
+        if not exact:
+            run.notes.append("preprocess: the same-work OpenCV route did not reproduce our tiles/fractions exactly")
+    else:
+        run.notes.append(f"preprocess: same-work OpenCV route not run: {why_same}")
+    res["opencv_note"] = ("opencv_ms is OpenCV doing the same work as ours: tiles plus the per-tile statistics "
+                          "(band means, bright and no-data fractions), which ours computes in the same pass. "
+                          "opencv_tiles_only_ms makes the tiles only.")
 
 
 # ---------------------------------------------------------------------------------------------
@@ -599,11 +625,18 @@ def targets(results: dict) -> dict:
                                  "target": f"<= {TARGET_PREPROCESS_VS_COPY:g}",
                                  "met": None if r is None else r <= TARGET_PREPROCESS_VS_COPY}
     r = o / e if e and o else None
-    out["preprocess_vs_opencv"] = {"what": "preprocess: OpenCV ms / edge ms", "value": _r(r, 2),
-                                   "target": f">= {TARGET_PREPROCESS_VS_OPENCV:g}",
+    out["preprocess_vs_opencv"] = {"what": "preprocess: OpenCV (same work: tiles + statistics) ms / edge ms",
+                                   "value": _r(r, 2), "target": f">= {TARGET_PREPROCESS_VS_OPENCV:g}",
                                    "met": None if r is None else r >= TARGET_PREPROCESS_VS_OPENCV,
                                    # the best any kernel could do: run at the copy floor
                                    "ceiling": _r(o / c, 2) if o and c else None}
+    t = pre.get("opencv_tiles_only_ms")
+    r = t / e if e and t else None
+    out["preprocess_vs_opencv_tiles_only"] = {
+        "what": "preprocess: OpenCV tiles only (no statistics) ms / edge ms", "value": _r(r, 2),
+        "target": f">= {TARGET_PREPROCESS_VS_OPENCV:g}",
+        "met": None if r is None else r >= TARGET_PREPROCESS_VS_OPENCV,
+        "ceiling": _r(t / c, 2) if t and c else None}
     for n in TARGET_NMS_SIZES:
         row = results.get("nms", {}).get(n, {})
         r = row.get("fastest_peer_over_edge")
@@ -686,21 +719,27 @@ def _md_preprocess(pre: dict) -> list[str]:
     def gbs(ms):
         return _fmt(mb / ms) if ms else "n/a"  # MB per ms == GB per s
 
-    lines += ["| | edge | numpy reference | OpenCV (fastest route) | np.copyto floor |",
-              "|---|---:|---:|---:|---:|",
+    lines += ["| | edge (tiles + stats) | numpy reference | OpenCV, same work (tiles + stats) "
+              "| OpenCV, tiles only | np.copyto floor |",
+              "|---|---:|---:|---:|---:|---:|",
               f"| ms | {_fmt(pre.get('edge_ms'))} | {_fmt(pre.get('numpy_ms'))} | {_fmt(pre.get('opencv_ms'))} "
-              f"| {_fmt(pre.get('copy_ms'))} |",
+              f"| {_fmt(pre.get('opencv_tiles_only_ms'))} | {_fmt(pre.get('copy_ms'))} |",
               f"| GB/s of output | {gbs(pre.get('edge_ms'))} | {gbs(pre.get('numpy_ms'))} | "
-              f"{gbs(pre.get('opencv_ms'))} | {gbs(pre.get('copy_ms'))} |",
+              f"{gbs(pre.get('opencv_ms'))} | {gbs(pre.get('opencv_tiles_only_ms'))} | {gbs(pre.get('copy_ms'))} |",
               ""]
     e, c, o, nref = pre.get("edge_ms"), pre.get("copy_ms"), pre.get("opencv_ms"), pre.get("numpy_ms")
+    t = pre.get("opencv_tiles_only_ms")
     if e and c:
         lines.append(f"- ours / copy floor: **{e / c:.2f}x** (target <= {TARGET_PREPROCESS_VS_COPY:g}x)")
     if e and o:
-        lines.append(f"- OpenCV / ours: **{o / e:.2f}x** (target >= {TARGET_PREPROCESS_VS_OPENCV:g}x)")
-    if o and c:
-        lines.append(f"- ceiling of that ratio here: OpenCV / copy floor = {o / c:.2f}x (no kernel that writes "
-                     "the output can beat the copy of it)")
+        lines.append(f"- OpenCV doing the same work / ours: **{o / e:.2f}x** (target >= "
+                     f"{TARGET_PREPROCESS_VS_OPENCV:g}x); its tiles equal ours: "
+                     f"{_fmt(pre.get('opencv_same_work_exact'))}, band means within "
+                     f"{_fmt(pre.get('opencv_band_mean_max_abs_diff'))} (cv2.mean sums in floating point)")
+    if e and t:
+        lines.append(f"- OpenCV making the tiles only / ours: **{t / e:.2f}x**; ceiling of that ratio here: "
+                     f"OpenCV tiles only / copy floor = {t / c:.2f}x (no kernel that writes the output can beat "
+                     "the copy of it), so 10x over a statistics-free OpenCV route is out of reach on this machine")
     dnn = pre.get("opencv_dnn_ms")
     if e and dnn:
         lines.append(f"- OpenCV DNN route (blobFromImages + quantize, the usual way to make a model input) / ours: "
@@ -715,11 +754,11 @@ def _md_preprocess(pre: dict) -> list[str]:
                      "preallocated.")
     routes = pre.get("opencv_routes", {})
     if routes:
-        lines += ["", "OpenCV routes tried (output compared with ours value by value; the fastest bit-exact one "
-                  "is the OpenCV column):", "",
+        lines += ["", "OpenCV tiles-only routes tried (output compared with ours value by value; the fastest "
+                  "bit-exact one is the tiles-only column, and the same-work route extends it):", "",
                   "| route | ms | bit-exact | values differing | max abs diff |", "|---|---:|:---:|---:|---:|"]
         for name, r in routes.items():
-            mark = " **(used)**" if name == pre.get("opencv_route") else ""
+            mark = " **(used)**" if name == pre.get("opencv_tiles_only_route") else ""
             lines.append(f"| {name}{mark} | {_fmt(r['ms'])} | {_fmt(r['bit_exact'])} | {r['mismatched_values']:,} "
                          f"| {r['max_abs_diff']} |")
     if pre.get("opencv_note"):
@@ -790,9 +829,9 @@ def _md_targets(doc: dict) -> list[str]:
     lines = ["## Targets", "", "| target | value | goal | status |", "|---|---:|---:|---|"]
     for t in doc["targets"].values():
         lines.append(f"| {t['what']} | {_fmt(t['value'])} | {t['target']} | {_met(t['met'])} |")
-    t = doc["targets"].get("preprocess_vs_opencv", {})
+    t = doc["targets"].get("preprocess_vs_opencv_tiles_only", {})
     if t.get("ceiling") is not None and t["ceiling"] < TARGET_PREPROCESS_VS_OPENCV:
-        lines += ["", f"The OpenCV preprocessing target cannot be met against the fastest OpenCV route on this "
+        lines += ["", f"Against a statistics-free OpenCV route the 10x cannot be met on this "
                   f"machine: that route is only {t['ceiling']:.2f}x slower than a plain copy of the output, so "
                   f"even a kernel running at the copy floor would be {t['ceiling']:.2f}x faster, not "
                   f"{TARGET_PREPROCESS_VS_OPENCV:g}x."]
