@@ -28,6 +28,7 @@ from pathlib import Path
 import numpy as np
 
 from bench import peers
+from edge.kernels._backend import reference_only
 
 HERE = Path(__file__).resolve().parent
 
@@ -116,17 +117,6 @@ def measure(fn, mode: Mode) -> Timing:
         if gc_was_enabled:
             gc.enable()
     return Timing(statistics.median(samples), samples, result=result)
-
-
-@contextlib.contextmanager
-def reference_only(module):
-    """Within the block, the kernel module serves its numpy reference (as tests/conftest.py does)."""
-    saved = module._fast
-    module._fast = None
-    try:
-        yield
-    finally:
-        module._fast = saved
 
 
 def _kernel(name: str):

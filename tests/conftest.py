@@ -7,6 +7,7 @@ import os
 import pytest
 
 from edge.kernels import _backend
+from edge.kernels._backend import reference_only  # noqa: F401  (tests import it from here)
 
 
 #: Hypothesis example counts are scaled by EDGE_TEST_EXAMPLES_SCALE (e.g. 0.1 inside the arm64 rootfs
@@ -29,15 +30,6 @@ def compiled_of(module):
     return module._fast
 
 
-@contextlib.contextmanager
-def reference_only(module):
-    """Within the block, `module`'s public functions use the numpy reference."""
-    saved = module._fast
-    module._fast = None
-    try:
-        yield
-    finally:
-        module._fast = saved
 
 
 def run_both(module, fn, *args, **kwargs):

@@ -6,6 +6,7 @@ or EDGE_PURE_PYTHON=1) the module's numpy reference serves. Callers never know w
 """
 from __future__ import annotations
 
+import contextlib
 import importlib
 import os
 
@@ -49,3 +50,15 @@ def kernel_backend() -> dict[str, str]:
 def import_errors() -> dict[str, str]:
     """Why a compiled module could not be imported (empty when all are in use or forced off)."""
     return dict(_import_errors)
+
+
+@contextlib.contextmanager
+def reference_only(module):
+    """Within the block, kernel `module` (e.g. edge.kernels.nms) serves its numpy reference.
+    For differential tests and benchmarks; not thread-safe (it swaps the module's fast path)."""
+    saved = module._fast
+    module._fast = None
+    try:
+        yield
+    finally:
+        module._fast = saved
