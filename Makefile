@@ -16,7 +16,7 @@ export PIP_DISABLE_PIP_VERSION_CHECK := 1
 APT_PACKAGES := gcc-aarch64-linux-gnu g++-aarch64-linux-gnu libpython3.11-dev:arm64 python3.11 \
                 python3.11-venv python3.11-dev qemu-user-static mmdebstrap binfmt-support
 
-.PHONY: help deps-apt venv build wheel wheel-aarch64 rootfs-aarch64 test test-aarch64 bench demo clean
+.PHONY: help deps-apt venv build wheel wheel-aarch64 rootfs-aarch64 test test-aarch64 bench models demo clean
 
 help:
 	@echo "make test           build everything and run the whole test suite (incl. the arm64 check)"
@@ -24,6 +24,7 @@ help:
 	@echo "make wheel          x86_64 wheel into dist/"
 	@echo "make wheel-aarch64  cross-built manylinux aarch64 wheel into dist/"
 	@echo "make bench          benchmarks against peers -> bench/results.json, bench/RESULTS.md"
+	@echo "make models         retrain + export the shipped detectors (torch, slow; not needed by test/demo)"
 
 deps-apt:
 	@missing=""; for p in $(APT_PACKAGES); do dpkg -s "$$p" >/dev/null 2>&1 || missing="$$missing $$p"; done; \
@@ -69,6 +70,16 @@ $(VENV)/.stamp-bench: $(VENV)/.stamp requirements-bench.txt
 
 bench: build $(VENV)/.stamp-bench
 	$(VPY) -m bench.run
+
+# Model build tools (torch, litert-torch: ~2 GB) live in their own venv, never in the runtime one.
+.venv-models/.stamp: models/requirements.txt models/requirements-tflite.txt requirements-dev.txt
+	$(PYTHON) -m venv .venv-models
+	.venv-models/bin/pip install -q --upgrade pip
+	.venv-models/bin/pip install -q -r requirements-dev.txt -r models/requirements.txt
+	touch $@
+
+models: build .venv-models/.stamp
+	.venv-models/bin/python -m models.build all
 
 demo:
 	@echo "make demo arrives with the flight pipeline (issue 4); nothing to run yet." >&2; exit 2

@@ -1,0 +1,75 @@
+"""Backends: run a manifest model's file on one runtime, outputs mapped to roles.
+
+open_backend(model, variant, threads=1) reads the file's bytes once through the manifest (size and
+sha256 verified) and hands them to the runtime named by the file entry:
+    "onnxruntime"  .onnx / .ort   edge.backends.ort.OrtBackend
+    "litert"       .tflite        edge.backends.litert.LiteRTBackend
+A Backend has .input_name, .input_dtype (numpy dtype), .input_shape (the manifest's, e.g.
+(1, 3, 256, 256)) and .run(batch) -> {role: float32 array with the batch axis}; integer outputs
+are already dequantized. The runtime module is imported only when a backend of its kind opens.
+"""
+from __future__ import annotations
+
+import numpy as np
+
+from edge.manifest import FileEntry, ModelEntry
+
+
+class Backend:
+    """Common part: input checks and role bookkeeping. Subclasses implement _run_tile."""
+
+    def __init__(self, model: ModelEntry, file: FileEntry, threads: int):
+        self.model = model
+        self.file = file
+        self.threads = threads
+        self.input_name = file.input.name
+        self.input_dtype = np.dtype(file.input.dtype)
+        self.input_shape = tuple(model.input_shape)
+        self.roles = dict(file.outputs)  # role -> tensor name
+
+    def _check(self, batch) -> np.ndarray:
+        x = np.asarray(batch)
+        if x.dtype != self.input_dtype:
+            raise TypeError(f"{self.model.name}/{self.file.variant} takes {self.input_dtype} input, "
+                            f"got {x.dtype}")
+        if x.ndim != 4 or x.shape[1:] != self.input_shape[1:]:
+            raise ValueError(f"batch must have shape (N, {', '.join(map(str, self.input_shape[1:]))}), "
+                             f"got {x.shape}")
+        return np.ascontiguousarray(x)
+
+    def run(self, batch) -> dict:
+        """Outputs of every tile of `batch` (N, ...): {role: (N, ...) float32}."""
+        x = self._check(batch)
+        if len(x) == 0:
+            raise ValueError("batch is empty")
+        per_tile = [self._run_tile(x[i:i + 1]) for i in range(len(x))]
+        if len(per_tile) == 1:
+            return per_tile[0]
+        return {role: np.concatenate([t[role] for t in per_tile]) for role in self.roles}
+
+    def _run_tile(self, x: np.ndarray) -> dict:  # pragma: no cover - abstract
+        raise NotImplementedError
+
+
+def _quant_of(file: FileEntry, role: str):
+    """(scale, zero_point) of an integer output from the manifest's optional output_quantization."""
+    q = file.raw.get("output_quantization", {}).get(role)
+    return None if q is None else (float(q["scale"]), int(q["zero_point"]))
+
+
+def open_backend(model: ModelEntry, variant: str | None = None, threads: int = 1, **options) -> Backend:
+    """Open `variant` of `model` (a manifest ModelEntry) on its runtime with `threads` threads.
+    options go to the runtime's backend (litert: xnnpack=False)."""
+    if not isinstance(threads, int) or isinstance(threads, bool) or threads < 1:
+        raise ValueError(f"threads must be an int >= 1, got {threads!r}")
+    file = model.file(variant)
+    if file.runtime == "onnxruntime":
+        from edge.backends.ort import OrtBackend
+        return OrtBackend(model, file, threads, **options)
+    if file.runtime == "litert":
+        from edge.backends.litert import LiteRTBackend
+        return LiteRTBackend(model, file, threads, **options)
+    raise ValueError(f"{model.name}/{file.variant}: unknown runtime {file.runtime!r}")
+
+
+__all__ = ["Backend", "open_backend"]

@@ -1,0 +1,55 @@
+"""LiteRT (TensorFlow Lite) backend for .tflite files, fed from the manifest-verified model bytes.
+
+By default the interpreter runs the builtin kernels without the default XNNPACK delegate: then it
+computes from the weights inside the model buffer in place (the buffer the scrubber can protect);
+xnnpack=True repacks the weights into the delegate's own memory instead.
+Integer outputs are dequantized with the scale / zero point the file's output details carry. A
+graph whose input is NHWC while the manifest says NCHW gets the batch transposed.
+"""
+from __future__ import annotations
+
+import numpy as np
+from ai_edge_litert.interpreter import Interpreter, OpResolverType
+
+from edge.backends import Backend
+from edge.heads import dequantize
+
+
+class LiteRTBackend(Backend):
+    def __init__(self, model, file, threads: int, xnnpack: bool = False):
+        super().__init__(model, file, threads)
+        self._blob = file.read_bytes()  # verified; the interpreter reads weights from it: keep it
+        resolver = (OpResolverType.AUTO if xnnpack
+                    else OpResolverType.BUILTIN_WITHOUT_DEFAULT_DELEGATES)
+        self.interpreter = Interpreter(model_content=self._blob, num_threads=threads,
+                                       experimental_op_resolver_type=resolver)
+        self.interpreter.allocate_tensors()
+        inputs = self.interpreter.get_input_details()
+        by_name = {d["name"]: d for d in inputs}
+        self._input = by_name.get(self.input_name, inputs[0] if len(inputs) == 1 else None)
+        if self._input is None:
+            raise ValueError(f"{model.name}/{file.variant}: input {self.input_name!r} not in the graph "
+                             f"(it has {sorted(by_name)})")
+        shape = tuple(int(s) for s in self._input["shape"])
+        want = tuple(model.input_shape)
+        nchw_to_nhwc = (want[0], want[2], want[3], want[1])
+        self._transpose = model.layout == "NCHW" and shape != want and shape == nchw_to_nhwc
+        if shape != want and not self._transpose:
+            raise ValueError(f"{model.name}/{file.variant}: graph input shape {shape}, manifest {want}")
+        outs = {d["name"]: d for d in self.interpreter.get_output_details()}
+        self._outputs = {}
+        for role, name in self.roles.items():
+            if name not in outs:
+                raise ValueError(f"{model.name}/{file.variant}: output {name!r} ({role}) not in the "
+                                 f"graph (it has {sorted(outs)})")
+            d = outs[name]
+            scale, zp = d["quantization"]
+            quant = (float(scale), int(zp)) if np.dtype(d["dtype"]).kind in "iu" and scale > 0 else None
+            self._outputs[role] = (d["index"], quant)
+
+    def _run_tile(self, x: np.ndarray) -> dict:
+        it = self.interpreter
+        it.set_tensor(self._input["index"], x.transpose(0, 2, 3, 1) if self._transpose else x)
+        it.invoke()
+        return {role: dequantize(it.get_tensor(index), quant, role)
+                for role, (index, quant) in self._outputs.items()}
