@@ -23,9 +23,10 @@ import pytest
 pytestmark = pytest.mark.aarch64
 
 REPO = Path(__file__).resolve().parent.parent
-#: The kernel differential tests: they import numpy, pytest, hypothesis, crc32c, edge and repository
-#: helpers outside edge/ (bench/boxgen.py), which are copied along.
-KERNEL_TESTS = ["test_tiling.py", "test_preprocess.py", "test_nms.py", "test_crc32c.py", "test_secded.py"]
+#: The kernel differential tests and the (numpy-only) head decoders: they import numpy, pytest,
+#: hypothesis, crc32c, edge and repository helpers outside edge/ (bench/boxgen.py), copied along.
+KERNEL_TESTS = ["test_tiling.py", "test_preprocess.py", "test_nms.py", "test_crc32c.py", "test_secded.py",
+                "test_heads.py"]
 #: qemu-user runs the kernels ~10x slower than the host: conftest.examples() scales hypothesis by
 #: this (0.25 keeps the guest run near 40 s here).
 GUEST_EXAMPLES_SCALE = "0.25"
