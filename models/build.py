@@ -5,8 +5,8 @@
 ship:  trained on models.scenes.generate_scene (train seeds 0.., validation 500_000.., test 1_000_000..).
 trees: trained on two NEON images of the deepforest 2.1.0 wheel, tested on a third site (SOAP_061).
 Variants per model (models/<name>/): onnx_fp32, onnx_int8 (QDQ, raw uint8 input), ort_int8, tflite_int8.
-Metrics go through edge.evaluate (the flight decoders) when it exists; otherwise through the quick
-numpy decoder in models.train, and the manifest says which ("evaluator").
+Metrics go through edge.evaluate, the same manifest -> backend -> head decoder -> NMS/merge path the
+flight software runs; `--metrics-only` re-measures the shipped files without retraining.
 """
 from __future__ import annotations
 
@@ -21,7 +21,7 @@ import torch
 from models import export as onnx_export
 from models import manifest
 from models.detector import build as build_detector, count_params, fused
-from models.train import TrainConfig, ap50, decode, quick_eval, train
+from models.train import TrainConfig, quick_eval, train
 
 MODELS_DIR = manifest.MODELS_DIR
 WEIGHTS_DIR = os.path.expanduser("~/.cache/orbit-edge/weights")  # not shipped; for --reuse-weights
@@ -33,10 +33,22 @@ TEST_SEED_BASE = 1_000_000      # held-out ship scenes: never trained on
 VAL_SEED_BASE = 500_000         # ship validation scenes (threshold check during the build)
 N_TEST_SCENES = 300
 N_VAL_SCENES = 100
-TREE_TILE_OVERLAP = 112         # SOAP_061 is 400x400: tiles at 0 and 144 on each axis
 
 
 # --- data sources ----------------------------------------------------------------------------------
+
+SHIP_TRAIN_SCENES = 4000         # distinct training scenes (seeds 0..3999), each reused with dihedral flips
+_scene_cache: dict = {}
+
+
+def ship_train_sample(index, rng):
+    """Training scenes cycle over SHIP_TRAIN_SCENES seeds and are generated once (generation costs
+    about as much as a training step would)."""
+    seed = index % SHIP_TRAIN_SCENES
+    if seed not in _scene_cache:
+        _scene_cache[seed] = ship_sample(seed)
+    return _scene_cache[seed]
+
 
 def ship_sample(seed):
     from models.scenes import generate_scene
@@ -54,7 +66,7 @@ SPECS = {
         classes=["tree"], threshold=0.3,
         description="Tree crowns in NEON 10 cm aerial RGB (deepforest 2.1.0 wheel data); CenterNet-style, "
                     "stride 4, ~258k params. Trained on YELL + OSBS, tested on SOAP (another site).",
-        config=TrainConfig(num_classes=1, steps=1600, batch_size=16, lr=3e-3, seed=0),
+        config=TrainConfig(num_classes=1, steps=2400, batch_size=16, lr=3e-3, seed=0),
     ),
 }
 
@@ -62,10 +74,10 @@ SPECS = {
 def data_for(name):
     """(train sample fn, calibration tiles uint8 NHWC, validate fn, training-data description)."""
     if name == "ship":
-        sample = lambda i, rng: ship_sample(i)
+        sample = ship_train_sample
         calib = np.stack([ship_sample(VAL_SEED_BASE + 10_000 + i)[0] for i in range(CALIB_TILES)])
         val = [ship_sample(VAL_SEED_BASE + i) for i in range(N_VAL_SCENES)]
-        desc = {"data": "models.scenes.generate_scene, 256x256 RGB", "train_seeds": "0 .. steps*batch-1",
+        desc = {"data": "models.scenes.generate_scene, 256x256 RGB", "train_seeds": f"0..{SHIP_TRAIN_SCENES - 1}",
                 "validation_seeds": f"{VAL_SEED_BASE}..{VAL_SEED_BASE + N_VAL_SCENES - 1}",
                 "test_seeds": f"{TEST_SEED_BASE}..{TEST_SEED_BASE + N_TEST_SCENES - 1} (never trained on)"}
         return sample, calib, (lambda m: quick_eval(m, val)), desc
@@ -86,145 +98,55 @@ def data_for(name):
     raise ValueError(f"unknown model {name!r}; choose from {sorted(SPECS)}")
 
 
-# --- runners (fallback when edge.backends is not there) ------------------------------------------
+# --- measurement (the flight path: edge.manifest -> edge.backends -> edge.heads -> NMS/merge) --------
 
-def _runner(entry):
-    """tile uint8 HWC -> (heatmap, size, offset) float32 arrays without the batch axis."""
-    path = os.path.join(MODELS_DIR, entry["path"])
-    inp = entry["input"]
-    roles = ("heatmap", "size", "offset")
-    with open(path, "rb") as f:
-        blob = f.read()
-    if entry["runtime"] == "onnxruntime":
-        import onnxruntime as ort
-        so = ort.SessionOptions()
-        so.intra_op_num_threads = 1
-        sess = ort.InferenceSession(blob, so, providers=["CPUExecutionProvider"])
-        names = [entry["outputs"][r] for r in roles]
+def evaluate(name, variant, threshold):
+    """AP50 / precision / recall of one variant through edge.evaluate."""
+    from edge.evaluate import evaluate_model
 
-        def run(tile):
-            x = tile.transpose(2, 0, 1)[None]
-            x = x.astype(np.float32) / 255.0 if inp["dtype"] == "float32" else np.ascontiguousarray(x)
-            return [o[0] for o in sess.run(names, {inp["name"]: x})]
-        return run
-    from ai_edge_litert.interpreter import Interpreter, OpResolverType
-    it = Interpreter(model_content=blob, num_threads=1,
-                     experimental_op_resolver_type=OpResolverType.BUILTIN_WITHOUT_DEFAULT_DELEGATES)
-    it.allocate_tensors()
-    (d_in,) = it.get_input_details()
-    outs = {d["name"]: d for d in it.get_output_details()}
-    nchw = d_in["shape"][1] == 3
-
-    def run(tile):
-        x = tile.transpose(2, 0, 1)[None] if nchw else tile[None]
-        q = np.round(x.astype(np.float32) / 255.0 / inp["scale"]) + inp["zero_point"]
-        it.set_tensor(d_in["index"], np.clip(q, -128, 127).astype(np.int8))
-        it.invoke()
-        res = []
-        for r in roles:
-            d = outs[entry["outputs"][r]]
-            s, zp = d["quantization"]
-            v = (it.get_tensor(d["index"]).astype(np.float32) - zp) * s
-            res.append(v[0] if v.shape[1] in (1, 2) else v[0].transpose(2, 0, 1))
-        return res
-    return run
-
-
-def _nms(boxes, scores, iou=0.5):
-    order = np.argsort(-scores, kind="stable")
-    keep = []
-    while len(order):
-        i = order[0]
-        keep.append(i)
-        rest = order[1:]
-        xx1 = np.maximum(boxes[i, 0], boxes[rest, 0]); yy1 = np.maximum(boxes[i, 1], boxes[rest, 1])
-        xx2 = np.minimum(boxes[i, 2], boxes[rest, 2]); yy2 = np.minimum(boxes[i, 3], boxes[rest, 3])
-        inter = np.clip(xx2 - xx1, 0, None) * np.clip(yy2 - yy1, 0, None)
-        a = lambda b: (b[..., 2] - b[..., 0]) * (b[..., 3] - b[..., 1])
-        order = rest[inter / (a(boxes[i]) + a(boxes[rest]) - inter + 1e-9) < iou]
-    return np.asarray(keep, np.int64)
-
-
-def _tile_origins(size):
-    if size <= TILE:
-        return [0]
-    step = TILE - TREE_TILE_OVERLAP
-    xs = list(range(0, size - TILE, step)) + [size - TILE]
-    return sorted(set(xs))
-
-
-def fallback_eval(name, entry, threshold):
-    run = _runner(entry)
-    dets, gts = [], []
     if name == "ship":
-        for i in range(N_TEST_SCENES):
-            img, boxes, _ = ship_sample(TEST_SEED_BASE + i)
-            b, s, _ = decode(*run(img), threshold=0.01)
-            keep = _nms(np.clip(b, 0, TILE), s)
-            dets.append((np.clip(b, 0, TILE)[keep], s[keep])); gts.append(boxes)
-        evset = f"{N_TEST_SCENES} held-out scenes, seeds {TEST_SEED_BASE}+i"
+        r = evaluate_model(name, variant, scenes=N_TEST_SCENES, seed_base=TEST_SEED_BASE)
+        evset = f"{N_TEST_SCENES} generated 256x256 scenes, seeds {TEST_SEED_BASE}..{TEST_SEED_BASE + N_TEST_SCENES - 1}"
     else:
         from models import neon_trees as nt
         img, gt = nt.load(nt.TEST_IMAGE)
-        h, w = img.shape[:2]
-        allb, alls = [], []
-        for y0 in _tile_origins(h):
-            for x0 in _tile_origins(w):
-                b, s, _ = decode(*run(img[y0:y0 + TILE, x0:x0 + TILE]), threshold=0.01)
-                allb.append(np.clip(b, 0, TILE) + np.array([x0, y0, x0, y0], np.float32)); alls.append(s)
-        b, s = np.concatenate(allb), np.concatenate(alls)
-        keep = _nms(b, s)
-        dets.append((b[keep], s[keep])); gts.append(gt)
-        evset = f"{nt.TEST_IMAGE} ({w}x{h}, {len(gt)} boxes), {TILE} tiles overlap {TREE_TILE_OVERLAP}, NMS 0.5"
-    m = ap50(dets, gts, threshold)
-    return {**m, "threshold": threshold, "eval_set": evset, "evaluator": "models.build fallback"}
-
-
-def evaluate(name, variant, entry, threshold):
-    try:
-        from edge import evaluate as ev  # the flight decoders: preferred
-    except ImportError:
-        ev = None
-    if ev is not None and hasattr(ev, "evaluate_model"):
-        try:
-            if name == "ship":
-                r = ev.evaluate_model(name, variant, scenes=N_TEST_SCENES)
-                evset = f"{N_TEST_SCENES} held-out scenes (edge.evaluate)"
-            else:
-                from models import neon_trees as nt
-                img, gt = nt.load(nt.TEST_IMAGE)
-                r = ev.evaluate_model(name, variant, image=img, boxes=gt)
-                evset = f"{nt.TEST_IMAGE} ({len(gt)} boxes) tiled+merged (edge.evaluate)"
-            out = {k: round(float(r[k]), 4) for k in ("ap50", "precision", "recall")}
-            out.update({k: r[k] for k in ("n_gt", "n_det", "tp") if k in r})
-            return {**out, "threshold": threshold, "eval_set": r.get("eval_set", evset),
-                    "evaluator": "edge.evaluate (edge.backends + edge.heads + NMS/merge)"}
-        except Exception as e:  # noqa: BLE001 - report and fall back, the build goes on
-            print(f"edge.evaluate failed for {name}/{variant}: {e!r}; using the fallback evaluator")
-    return fallback_eval(name, entry, threshold)
+        r = evaluate_model(name, variant, image=img, boxes=gt)
+        evset = f"{nt.TEST_IMAGE} ({len(gt)} boxes), {TILE} px tiles, edge.evaluate's default overlap, merged"
+    out = {k: round(float(r[k]), 4) for k in ("ap50", "precision", "recall")}
+    out.update({k: r[k] for k in ("n_gt", "n_det", "tp") if k in r})
+    return {**out, "threshold": threshold, "eval_set": evset,
+            "evaluator": "edge.evaluate (edge.backends + edge.heads + NMS/merge)"}
 
 
 def latency_ms(name, variant, entry, tile):
-    """Median of LATENCY_REPEATS runs of one tile on 1 thread, through edge.backends when it exists
-    (the flight path), else straight on the runtime."""
-    try:
-        from edge.backends import open_backend
-        from edge.manifest import load_manifest
-        backend = open_backend(load_manifest(manifest.MANIFEST_PATH).model(name), variant, threads=1)
-        x = tile.transpose(2, 0, 1)[None]
-        dt = entry["input"]["dtype"]
-        x = (x.astype(np.float32) / 255.0 if dt == "float32" else
-             (x.astype(np.int16) + entry["input"]["zero_point"]).astype(np.int8) if dt == "int8" else x)
-        x = np.ascontiguousarray(x)
-        run = lambda _t: backend.run(x)
-    except ImportError:
-        run = _runner(entry)
+    """Median of LATENCY_REPEATS runs of one tile on 1 thread through edge.backends."""
+    from edge.backends import open_backend
+    from edge.manifest import load_manifest
+
+    backend = open_backend(load_manifest(manifest.MANIFEST_PATH).model(name), variant, threads=1)
+    x = tile.transpose(2, 0, 1)[None]
+    dt = entry["input"]["dtype"]
+    x = (x.astype(np.float32) / 255.0 if dt == "float32" else
+         (x.astype(np.int16) + entry["input"]["zero_point"]).astype(np.int8) if dt == "int8" else x)
+    x = np.ascontiguousarray(x)
     for _ in range(5):
-        run(tile)
+        backend.run(x)
     ts = []
     for _ in range(LATENCY_REPEATS):
-        t = time.perf_counter(); run(tile); ts.append(time.perf_counter() - t)
+        t = time.perf_counter()
+        backend.run(x)
+        ts.append(time.perf_counter() - t)
     return round(float(np.median(ts)) * 1e3, 3)
+
+
+def measure(name, calib_tile):
+    """(Re)write the metrics of every variant of `name` in the manifest."""
+    spec = SPECS[name]
+    for v, f in manifest.load()["models"][name]["files"].items():
+        m = evaluate(name, v, spec["threshold"])
+        m["tile_latency_ms_1thread"] = latency_ms(name, v, f, calib_tile)
+        manifest.set_metrics(name, v, m)
+        print(f"[{name}] {v}: {m}")
 
 
 # --- the build ---------------------------------------------------------------------------------------
@@ -238,7 +160,7 @@ def build_one(name, reuse_weights=False):
     wpath = os.path.join(WEIGHTS_DIR, f"{name}.pt")
     sample, calib, validate, data_desc = data_for(name)
     if reuse_weights and os.path.exists(wpath):
-        ckpt = torch.load(wpath)
+        ckpt = torch.load(wpath, weights_only=False)  # our own cache file
         model = build_detector(cfg.num_classes)
         model.load_state_dict(ckpt["state_dict"])
         model.eval()
@@ -295,12 +217,7 @@ def build_one(name, reuse_weights=False):
     }
     manifest.update_model(name, entry)
 
-    tile = calib[0]
-    for v, f in files.items():
-        m = evaluate(name, v, f, spec["threshold"])
-        m["tile_latency_ms_1thread"] = latency_ms(name, v, f, tile)
-        manifest.set_metrics(name, v, m)
-        print(f"[{name}] {v}: {m}")
+    measure(name, calib[0])
     return manifest.load()["models"][name]
 
 
@@ -309,10 +226,15 @@ def main(argv=None):
     ap.add_argument("target", choices=["ship", "trees", "all"])
     ap.add_argument("--reuse-weights", action="store_true",
                     help="export/evaluate from the cached weights instead of retraining")
+    ap.add_argument("--metrics-only", action="store_true",
+                    help="re-measure the shipped files' metrics and latency; no training, no export")
     a = ap.parse_args(argv)
     torch.set_num_threads(2)
     for name in (["ship", "trees"] if a.target == "all" else [a.target]):
-        build_one(name, a.reuse_weights)
+        if a.metrics_only:
+            measure(name, data_for(name)[1][0])
+        else:
+            build_one(name, a.reuse_weights)
     problems = manifest.verify()
     if problems:
         print("\n".join(problems)); return 1

@@ -153,7 +153,7 @@ def train(sample, config: TrainConfig, validate=None, log=print):
     info = {"steps": step + 1, "batch_size": config.batch_size, "samples_seen": index, "lr": config.lr,
             "weight_decay": config.weight_decay, "optimizer": "AdamW, cosine schedule, 100-step warmup",
             "seed": config.seed, "threads": TRAIN_THREADS, "augment": "flips + transpose (8 dihedral poses)",
-            "train_seconds": round(time.perf_counter() - t0, 1), "torch": torch.__version__, **config.extra}
+            "train_seconds": round(time.perf_counter() - t0, 1), "torch": str(torch.__version__), **config.extra}
     if validate is not None:
         info["validation"] = validate(model)
         log(f"validation {info['validation']}")

@@ -164,11 +164,13 @@ def test_litert_runs_shipped_tflite_and_agrees_with_onnxruntime():
             scale, zp = d["quantization"]
             want = (it.get_tensor(d["index"]).astype(np.float32) - zp) * np.float32(scale)
             np.testing.assert_array_equal(out[role], want)
-        # XNNPACK rounds a little differently, within a few quantization steps
+        # XNNPACK requantizes with its own rounding: on this noise tile the shipped models differ by
+        # up to 6 steps (the offset head), most values by 0 or 1 step
         fast = open_backend(model, variant, xnnpack=True).run(x)
         for role, name in f.outputs.items():
             step = by_name[name]["quantization"][0]
-            np.testing.assert_allclose(fast[role], out[role], rtol=0, atol=4 * step + 1e-6)
+            np.testing.assert_allclose(fast[role], out[role], rtol=0, atol=8 * step + 1e-6)
+            assert np.mean(np.abs(fast[role] - out[role]) > 1.01 * step) < 0.25, (model.name, role)
         # the fp32 ONNX of the same model gives nearly the same heatmap
         if "onnx_fp32" in model.files:
             ref = open_backend(model, "onnx_fp32").run(tile_u8.astype(np.float32) / 255)
