@@ -45,6 +45,17 @@ OUT_LAYOUTS = ("NCHW", "NHWC")
 
 # ---- LUT ----------------------------------------------------------------------------------------
 
+def _dtype_among(value, allowed, name: str, what: str) -> np.dtype:
+    """np.dtype(value) when it is one of `allowed`, else a ValueError naming the argument."""
+    try:
+        dtype = np.dtype(value)
+    except TypeError:
+        raise ValueError(f"{name} must be {what}, got {value!r}") from None
+    if dtype not in allowed:
+        raise ValueError(f"{name} must be {what}, got {dtype}")
+    return dtype
+
+
 def _per_channel(value, name: str, integral: bool = False) -> np.ndarray:
     """A scalar or a sequence as a 1-D array (length 1 for a scalar)."""
     arr = np.asarray(value)
@@ -74,18 +85,8 @@ def build_lut(raw_dtype, *, gain=1.0, offset=0.0, bit_depth=None, mean=0.0, std=
     (scale and zero_point are checked but unused for float32). Raises ValueError naming a bad
     argument.
     """
-    try:
-        raw = np.dtype(raw_dtype)
-    except TypeError:
-        raise ValueError(f"raw_dtype must be uint8 or uint16, got {raw_dtype!r}") from None
-    if raw not in LUT_ENTRIES:
-        raise ValueError(f"raw_dtype must be uint8 or uint16, got {raw}")
-    try:
-        out = np.dtype(out_dtype)
-    except TypeError:
-        raise ValueError(f"out_dtype must be int8, uint8 or float32, got {out_dtype!r}") from None
-    if out not in OUT_DTYPES:
-        raise ValueError(f"out_dtype must be int8, uint8 or float32, got {out}")
+    raw = _dtype_among(raw_dtype, LUT_ENTRIES, "raw_dtype", "uint8 or uint16")
+    out = _dtype_among(out_dtype, OUT_DTYPES, "out_dtype", "int8, uint8 or float32")
     if bit_depth is None:
         bit_depth = 8 * raw.itemsize
 
