@@ -162,70 +162,19 @@ def train(sample, config: TrainConfig, validate=None, log=print):
 
 # --- quick evaluation (training progress only; shipped metrics come from edge.evaluate) -------------
 
-def decode(heat, size, off, threshold=0.3, max_det=100):
-    """Numpy CenterNet decode for one image: (C,H,W),(2,H,W),(2,H,W) -> boxes, scores, classes."""
-    c, h, w = heat.shape
-    pad = np.pad(heat, ((0, 0), (1, 1), (1, 1)), constant_values=-1)
-    peak = np.max([pad[:, dy:dy + h, dx:dx + w] for dy in range(3) for dx in range(3)], axis=0)
-    keep = (heat == peak) & (heat >= threshold)
-    cls, ys, xs = np.nonzero(keep)
-    scores = heat[cls, ys, xs]
-    order = np.argsort(-scores, kind="stable")[:max_det]
-    cls, ys, xs, scores = cls[order], ys[order], xs[order], scores[order]
-    cx = (xs + off[0, ys, xs]) * STRIDE
-    cy = (ys + off[1, ys, xs]) * STRIDE
-    bw, bh = size[0, ys, xs], size[1, ys, xs]
-    boxes = np.stack([cx - bw / 2, cy - bh / 2, cx + bw / 2, cy + bh / 2], 1).astype(np.float32)
-    return boxes, scores.astype(np.float32), cls.astype(np.int64)
-
-
-def _iou(a, b):
-    x1 = np.maximum(a[:, None, 0], b[None, :, 0]); y1 = np.maximum(a[:, None, 1], b[None, :, 1])
-    x2 = np.minimum(a[:, None, 2], b[None, :, 2]); y2 = np.minimum(a[:, None, 3], b[None, :, 3])
-    inter = np.clip(x2 - x1, 0, None) * np.clip(y2 - y1, 0, None)
-    area = lambda z: (z[:, 2] - z[:, 0]) * (z[:, 3] - z[:, 1])
-    return inter / (area(a)[:, None] + area(b)[None, :] - inter + 1e-9)
-
-
-def ap50(dets, gts, threshold=0.3):
-    """dets: list of (boxes, scores); gts: list of boxes. All-point interpolated AP at IoU 0.5,
-    plus precision/recall of the detections scoring >= threshold."""
-    recs, total = [], sum(len(g) for g in gts)
-    for (boxes, scores), gt in zip(dets, gts):
-        order = np.argsort(-scores, kind="stable")
-        used = np.zeros(len(gt), bool)
-        iou = _iou(boxes[order], gt) if len(gt) and len(boxes) else np.zeros((len(boxes), len(gt)))
-        for k, j in enumerate(order):
-            tp = False
-            if len(gt):
-                cand = np.where(~used, iou[k], -1)
-                m = int(np.argmax(cand))
-                if cand[m] >= 0.5:
-                    used[m] = tp = True
-            recs.append((scores[j], tp))
-    if not recs or total == 0:
-        return {"ap50": 0.0, "precision": 0.0, "recall": 0.0}
-    recs.sort(key=lambda r: -r[0])
-    tp = np.cumsum([r[1] for r in recs]); fp = np.cumsum([not r[1] for r in recs])
-    rec = tp / total; prec = tp / np.maximum(tp + fp, 1)
-    mrec = np.concatenate([[0], rec, [1]]); mpre = np.concatenate([[0], prec, [0]])
-    for i in range(len(mpre) - 2, -1, -1):
-        mpre[i] = max(mpre[i], mpre[i + 1])
-    idx = np.where(mrec[1:] != mrec[:-1])[0]
-    ap = float(np.sum((mrec[idx + 1] - mrec[idx]) * mpre[idx + 1]))
-    sel = [r for r in recs if r[0] >= threshold]
-    ntp = sum(r[1] for r in sel)
-    return {"ap50": round(ap, 4), "precision": round(ntp / max(len(sel), 1), 4), "recall": round(ntp / total, 4)}
-
-
 def quick_eval(model, samples, threshold=0.3, batch=16):
-    """AP50 of a torch model over [(image, boxes, classes)] 256x256 tiles (no NMS: peaks are distinct)."""
+    """AP50 of a torch model over [(image, boxes, classes)] 256x256 tiles, decoded and scored by
+    the flight code (edge.heads.centernet, edge.evaluate) so validation means what the flight means."""
+    from edge.evaluate import average_precision
+    from edge.heads.centernet import decode_centernet
+
     dets, gts = [], []
     with torch.no_grad():
         for i in range(0, len(samples), batch):
             chunk = samples[i:i + batch]
             heat, size, off = (t.numpy() for t in model(to_tensor(np.stack([s[0] for s in chunk]))))
             for k, s in enumerate(chunk):
-                b, sc, _ = decode(heat[k], size[k], off[k], threshold=0.01)
-                dets.append((b, sc)); gts.append(np.asarray(s[1], np.float32).reshape(-1, 4))
-    return ap50(dets, gts, threshold)
+                dets.append(decode_centernet(heat[k], size[k], off[k], stride=STRIDE, score_threshold=0.01))
+                gts.append(np.asarray(s[1], np.float32).reshape(-1, 4))
+    m = average_precision(dets, gts, score_threshold=threshold)
+    return {k: round(float(m[k]), 4) for k in ("ap50", "precision", "recall")}
