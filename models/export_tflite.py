@@ -22,6 +22,8 @@ import numpy as np
 import torch
 from torch import nn
 
+from edge.evaluate import box_iou
+
 ROLES = ("heatmap", "size", "offset")
 INPUT_NAME = "images"
 TILE = 256
@@ -269,14 +271,6 @@ def decode(out: dict, stride: int = 4, threshold: float = 0.3, top_k: int = 100)
     return boxes.astype(np.float32), peaks[order].astype(np.float32), order  # order: class*H*W + cell
 
 
-def _iou(a: np.ndarray, b: np.ndarray) -> np.ndarray:
-    lt = np.maximum(a[:, None, :2], b[None, :, :2])
-    rb = np.minimum(a[:, None, 2:], b[None, :, 2:])
-    inter = np.prod(np.clip(rb - lt, 0, None), axis=2)
-    area = lambda x: np.prod(x[:, 2:] - x[:, :2], axis=1)  # noqa: E731
-    return inter / np.maximum(area(a)[:, None] + area(b)[None] - inter, 1e-9)
-
-
 def validate(torch_model: nn.Module, model: bytes, info: dict, images: np.ndarray) -> dict:
     """Dequantized int8 outputs vs torch fp32 on `images`: max abs error per output, and how the
     decoded detections agree: peaks (class, cell) found by both, fp32 boxes matched by an int8 box
@@ -304,7 +298,7 @@ def validate(torch_model: nn.Module, model: bytes, info: dict, images: np.ndarra
                 box_err = max(box_err, float(np.abs(rb[i] - gb[shared[int(k)]]).max()))
                 score_err = max(score_err, float(abs(rs[i] - gs[shared[int(k)]])))
         if len(rb) and len(gb):
-            n_iou += int((_iou(rb, gb).max(axis=1) >= 0.5).sum())
+            n_iou += int((box_iou(rb, gb).max(axis=1) >= 0.5).sum())
     return {"max_abs_err": err, "mean_abs_err": mean_err, "detections_fp32": n_ref,
             "detections_int8": n_int8, "same_peak": n_same_peak, "fp32_matched_iou50": n_iou,
             "max_box_err_px_same_peak": box_err, "max_score_err_same_peak": score_err}
