@@ -19,6 +19,7 @@ APT_PACKAGES := gcc-aarch64-linux-gnu g++-aarch64-linux-gnu libpython3.11-dev:ar
 .PHONY: help deps-apt venv build wheel wheel-aarch64 rootfs-aarch64 test test-aarch64 bench models demo clean
 
 help:
+	@echo "make demo           build, then run the flight loop + ground tool on the default scene"
 	@echo "make test           build everything and run the whole test suite (incl. the arm64 check)"
 	@echo "make build          .venv + compiled kernels (in place, editable install)"
 	@echo "make wheel          x86_64 wheel into dist/"
@@ -81,8 +82,10 @@ bench: build $(VENV)/.stamp-bench
 models: build .venv-models/.stamp
 	.venv-models/bin/python -m models.build all
 
-demo:
-	@echo "make demo arrives with the flight pipeline (issue 4); nothing to run yet." >&2; exit 2
+# The main job on the bundled default scene: generate it, `edge run`, `edge-ground decode` + `render`,
+# then the figures (edge/demo.py). Outputs in demo-out/.
+demo: build
+	$(VPY) -m edge.demo --out demo-out
 
 clean:
 	rm -rf build/ dist/ edge/_ext/*.so ext/*.c.tmp .pytest_cache .hypothesis

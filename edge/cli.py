@@ -44,6 +44,46 @@ def _eval(args) -> int:
     return 0
 
 
+def _run(args) -> int:
+    import logging
+    import time
+
+    t_start = time.perf_counter()
+    from edge.config import ConfigError, apply_overrides, default_config, load_config
+
+    logging.basicConfig(level=logging.WARNING if args.quiet else logging.INFO,
+                        format="%(asctime)s %(levelname)s %(name)s: %(message)s", stream=sys.stderr)
+    try:
+        cfg = load_config(args.config) if args.config else default_config()
+        cfg = apply_overrides(cfg, {
+            "input.source": args.source, "model.name": args.model, "model.variant": args.variant,
+            "model.backend": args.backend, "model.threads": args.threads, "model.memory": args.memory,
+            "tiling.overlap": args.overlap, "detection.score_threshold": args.score_threshold,
+            "data.dir": args.data_dir, "downlink.output": args.output})
+    except ConfigError as e:
+        print(f"edge run: config error: {e}", file=sys.stderr)
+        return 2
+    from edge.flight import FlightLoop
+    from edge.manifest import ManifestError, ModelIntegrityError
+
+    try:
+        loop = FlightLoop(cfg, started_at=t_start)
+    except (ManifestError, ModelIntegrityError, ValueError, OSError) as e:
+        print(f"edge run: cannot start: {e}", file=sys.stderr)
+        return 2
+    with loop:
+        loop.run(max_frames=args.max_frames)
+    summary = loop.summary.as_dict()
+    summary.update(model=loop.model.name, variant=loop.variant, runtime=loop.file.runtime,
+                   memory=loop.backend.memory, output=str(cfg.downlink["output"]),
+                   data_dir=str(cfg.data_dir))
+    if args.summary:
+        with open(args.summary, "w") as f:
+            json.dump(summary, f, indent=2)
+    print(json.dumps(summary))
+    return 0 if summary["frames_failed"] == 0 or args.keep_going_rc else 1
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="edge", description="orbit-edge flight runtime")
     sub = parser.add_subparsers(dest="command", required=True)
@@ -65,6 +105,24 @@ def main(argv: list[str] | None = None) -> int:
                     help="LiteRT: use the XNNPACK delegate (faster; repacks the weights out of the "
                          "verified model buffer)")
     ev.set_defaults(func=_eval)
+    run = sub.add_parser("run", help="the flight loop: frames -> detections -> journal -> Space Packets")
+    run.add_argument("source", nargs="?", help="frame file or spool directory (default: input.source)")
+    run.add_argument("--config", help="mission config (TOML); defaults apply without one")
+    run.add_argument("--model", help="model name in the manifest (model.name)")
+    run.add_argument("--variant", help="model variant, e.g. onnx_int8 (model.variant)")
+    run.add_argument("--backend", choices=["auto", "onnxruntime", "litert"], help="model.backend")
+    run.add_argument("--threads", type=int, help="runtime threads (model.threads)")
+    run.add_argument("--memory", choices=["copy", "owned"], help="where the weights live (model.memory)")
+    run.add_argument("--overlap", type=int, help="tile overlap in pixels (tiling.overlap)")
+    run.add_argument("--score-threshold", type=float, help="detection.score_threshold")
+    run.add_argument("--data-dir", help="journal and state directory (data.dir)")
+    run.add_argument("--output", help="packet stream: file, FIFO or serial device (downlink.output)")
+    run.add_argument("--max-frames", type=int, help="stop after this many spool frames")
+    run.add_argument("--summary", help="also write the run summary (JSON) to this file")
+    run.add_argument("--quiet", action="store_true", help="log warnings only")
+    run.add_argument("--keep-going-rc", action="store_true",
+                     help="exit 0 even when some frames failed (they are reported either way)")
+    run.set_defaults(func=_run)
     args = parser.parse_args(argv)
     return args.func(args)
 

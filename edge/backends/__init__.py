@@ -7,6 +7,17 @@ sha256 verified) and hands them to the runtime named by the file entry:
 A Backend has .input_name, .input_dtype (numpy dtype), .input_shape (the manifest's, e.g.
 (1, 3, 256, 256)) and .run(batch) -> {role: float32 array with the batch axis}; integer outputs
 are already dequantized. The runtime module is imported only when a backend of its kind opens.
+
+Memory modes (open_backend(..., memory=...)): where the weights the runtime computes from live.
+    "copy"   the runtime's own copy (fastest: ONNX Runtime prepacks and fuses; LiteRT may use XNNPACK).
+    "owned"  buffers orbit-edge owns and can protect (the scrubber of the reliability design):
+             ONNX Runtime gets every initializer through SessionOptions.add_initializer from numpy arrays
+             kept here, with prepacking off and graph optimization BASIC, so that every tensor is read
+             from those arrays at every run (ARCHITECTURE.md: ~1.9x slower per tile); LiteRT runs the
+             builtin kernels without XNNPACK, straight from the verified model bytes.
+Backend.weight_regions() lists those buffers as writable uint8 views: flipping a bit there changes what
+the model computes (tests/test_backends.py proves it), which is what makes scrubbing them meaningful.
+In "copy" mode it is empty: nothing the runtime reads can be protected from Python.
 """
 from __future__ import annotations
 
@@ -26,6 +37,11 @@ class Backend:
         self.input_dtype = np.dtype(file.input.dtype)
         self.input_shape = tuple(model.input_shape)
         self.roles = dict(file.outputs)  # role -> tensor name
+        self.memory = "copy"
+
+    def weight_regions(self) -> dict:
+        """{name: writable uint8 view} of the memory the runtime computes from ("owned" mode)."""
+        return {}
 
     def _check(self, batch) -> np.ndarray:
         x = np.asarray(batch)
@@ -57,19 +73,29 @@ def _quant_of(file: FileEntry, role: str):
     return None if q is None else (float(q["scale"]), int(q["zero_point"]))
 
 
-def open_backend(model: ModelEntry, variant: str | None = None, threads: int = 1, **options) -> Backend:
+MEMORY_MODES = ("copy", "owned")
+
+
+def open_backend(model: ModelEntry, variant: str | None = None, threads: int = 1, *,
+                 memory: str = "copy", **options) -> Backend:
     """Open `variant` of `model` (a manifest ModelEntry) on its runtime with `threads` threads.
-    options go to the runtime's backend (litert: xnnpack=False)."""
+    memory: "copy" or "owned" (see the module docstring). options go to the runtime's backend
+    (litert: xnnpack=False)."""
     if not isinstance(threads, int) or isinstance(threads, bool) or threads < 1:
         raise ValueError(f"threads must be an int >= 1, got {threads!r}")
+    if memory not in MEMORY_MODES:
+        raise ValueError(f"memory must be one of {MEMORY_MODES}, got {memory!r}")
     file = model.file(variant)
     if file.runtime == "onnxruntime":
         from edge.backends.ort import OrtBackend
-        return OrtBackend(model, file, threads, **options)
+        return OrtBackend(model, file, threads, memory=memory, **options)
     if file.runtime == "litert":
         from edge.backends.litert import LiteRTBackend
+        if memory == "owned" and options.get("xnnpack"):
+            raise ValueError("litert: memory='owned' computes from the model bytes in place, which "
+                             "XNNPACK does not (it repacks the weights); drop xnnpack")
         return LiteRTBackend(model, file, threads, **options)
     raise ValueError(f"{model.name}/{file.variant}: unknown runtime {file.runtime!r}")
 
 
-__all__ = ["Backend", "open_backend"]
+__all__ = ["Backend", "MEMORY_MODES", "open_backend"]

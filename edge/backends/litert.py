@@ -8,8 +8,15 @@ graph whose input is NHWC while the manifest says NCHW gets the batch transposed
 """
 from __future__ import annotations
 
+import ctypes
+import sys
+
 import numpy as np
-from ai_edge_litert.interpreter import Interpreter, OpResolverType
+
+try:  # LiteRT (ai-edge-litert); tflite-runtime has the same Interpreter API where it is what is installed
+    from ai_edge_litert.interpreter import Interpreter, OpResolverType
+except ImportError:  # pragma: no cover - depends on the board's image
+    from tflite_runtime.interpreter import Interpreter, OpResolverType
 
 from edge.backends import Backend
 from edge.heads import dequantize
@@ -24,6 +31,7 @@ class LiteRTBackend(Backend):
         self.interpreter = Interpreter(model_content=self._blob, num_threads=threads,
                                        experimental_op_resolver_type=resolver)
         self.interpreter.allocate_tensors()
+        self.memory = "copy" if xnnpack else "owned"
         inputs = self.interpreter.get_input_details()
         by_name = {d["name"]: d for d in inputs}
         self._input = by_name.get(self.input_name, inputs[0] if len(inputs) == 1 else None)
@@ -46,6 +54,19 @@ class LiteRTBackend(Backend):
             scale, zp = d["quantization"]
             quant = (float(scale), int(zp)) if np.dtype(d["dtype"]).kind in "iu" and scale > 0 else None
             self._outputs[role] = (d["index"], quant)
+
+    def weight_regions(self) -> dict:
+        """The model bytes the builtin kernels read their weights from, as a writable uint8 view.
+        The interpreter only takes `bytes` and keeps a pointer into that object's buffer, so the view
+        is made on the object's own storage (CPython lays the data right after the bytes header)."""
+        if self.memory != "owned":
+            return {}
+        offset = sys.getsizeof(b"") - 1  # header size of a bytes object (its data starts there)
+        raw = (ctypes.c_uint8 * len(self._blob)).from_address(id(self._blob) + offset)
+        view = np.ctypeslib.as_array(raw)
+        if view[:8].tobytes() != self._blob[:8]:  # pragma: no cover - another Python layout
+            raise RuntimeError("litert: cannot locate the model buffer in memory")
+        return {f"{self.model.name}/{self.file.variant}": view}
 
     def _run_tile(self, x: np.ndarray) -> dict:
         it = self.interpreter

@@ -1,0 +1,357 @@
+"""The flight loop: frames from a source -> detections -> records -> journal -> Space Packets -> radio.
+
+    source (file or spool) -> FramePipeline -> encode_frame -> Journal.append (key = frame id)
+    -> every N frames a housekeeping record -> Journal.sync (one fsync per frame)
+    -> spool: mark the frame done -> send every journaled record not yet sent in this run
+
+Nothing computed is lost: a record is durable in the journal before its frame leaves the spool's
+.active/ directory, and it stays in the journal until the ground acknowledges it (or, when the journal is
+full, until it is evicted -- counted and reported, never silent). A frame found in .active/ at start was
+in flight when the last run stopped: it is redone with the same frame id, unless the journal already
+holds its record (then it is only marked done), so every input frame yields exactly one record.
+
+Bad input of any kind (truncated dump, mismatched sidecar, wrong dtype or band count, a decoder that
+chokes) becomes an event record naming the problem plus a counter; the frame moves to .failed/ and the
+loop goes on with the next frame. Housekeeping records carry the counters and stage latencies.
+"""
+from __future__ import annotations
+
+import collections
+import logging
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from edge.config import Config
+from edge.downlink import record as rec
+from edge.downlink.journal import Journal
+from edge.downlink.packets import APID_BY_KIND, Packetizer, PacketSink
+from edge.pipeline import STAGES, FramePipeline
+from edge.screen import ScreenRule
+from edge.sources import DurableCounter, Frame, FrameError, Spool, open_frame
+
+log = logging.getLogger("edge.flight")
+
+#: Stages timed per frame by the loop (the pipeline's, plus the loop's own).
+LOOP_STAGES = ("read",) + STAGES + ("record", "journal", "downlink")
+
+
+def choose_variant(model, variant: str | None, backend: str) -> str:
+    """The model variant to run: the configured one (checked against the backend), else the first
+    int8 variant of the backend's runtime, else the model's first variant of that runtime."""
+    if variant is not None:
+        f = model.file(variant)
+        if backend not in ("auto", f.runtime):
+            raise ValueError(f"model.variant {variant!r} runs on {f.runtime}, but model.backend is "
+                             f"{backend!r}")
+        return variant
+    files = [f for f in model.files.values() if backend in ("auto", f.runtime)]
+    if not files:
+        raise ValueError(f"model {model.name!r} has no variant for backend {backend!r} "
+                         f"(it has {[(f.variant, f.runtime) for f in model.files.values()]})")
+    int8 = [f for f in files if f.precision == "int8"]
+    return (int8 or files)[0].variant
+
+
+@dataclass
+class RunSummary:
+    """What a run did, for the CLI, the demo and the tests."""
+
+    frames_ok: int = 0
+    frames_failed: int = 0
+    frames_skipped: int = 0
+    detections: int = 0
+    tiles: list = field(default_factory=lambda: [0, 0, 0, 0])   # total, nodata, cloud, inferred
+    raw_bytes: int = 0
+    records: int = 0
+    packets: int = 0
+    bytes_sent: int = 0
+    frame_record_bytes: int = 0        # on the wire: frame records' packets, headers and PEC included
+    stage_ms: dict = field(default_factory=dict)   # stage -> list of per-frame ms
+    errors: list = field(default_factory=list)     # (frame name, message)
+    first_record_s: float | None = None            # process start -> first record journaled
+    results: list = field(default_factory=list)    # (frame_id, name, FrameResult) when kept
+
+    def as_dict(self) -> dict:
+        med = {k: round(float(np.median(v)), 3) for k, v in self.stage_ms.items() if v}
+        tot = {k: round(float(np.sum(v)), 3) for k, v in self.stage_ms.items() if v}
+        return {"frames_ok": self.frames_ok, "frames_failed": self.frames_failed,
+                "frames_skipped": self.frames_skipped, "detections": self.detections,
+                "tiles": dict(zip(("total", "nodata", "cloud", "inferred"), self.tiles)),
+                "raw_bytes": self.raw_bytes, "records": self.records, "packets": self.packets,
+                "bytes_sent": self.bytes_sent, "frame_record_bytes": self.frame_record_bytes,
+                "stage_ms_median": med, "stage_ms_total": tot, "errors": self.errors,
+                "first_record_s": self.first_record_s}
+
+
+class FlightLoop:
+    """The flight software's main job (see the module docstring). One instance per process run."""
+
+    def __init__(self, cfg: Config, *, keep_results: bool = False, heartbeat=None,
+                 started_at: float | None = None):
+        from edge.backends import open_backend
+        from edge.manifest import load_manifest
+
+        self.t0 = time.perf_counter() if started_at is None else started_at
+        self.wall0 = time.time()
+        self.cfg = cfg
+        self.keep_results = keep_results
+        self.heartbeat = heartbeat
+        self.data_dir = cfg.data_dir
+        self.state_dir = self.data_dir / "state"
+        self.state_dir.mkdir(parents=True, exist_ok=True)
+        self.boot = DurableCounter(self.state_dir / "boot").take()
+        self.summary = RunSummary(stage_ms={s: [] for s in LOOP_STAGES + ("frame",)})
+        self.counters = collections.Counter()
+        self._stage_window = {s: [] for s in LOOP_STAGES + ("frame",)}  # since the last housekeeping
+        self._errors = collections.deque(maxlen=rec.MAX_ERRORS)
+        self._frames_since_hk = 0
+
+        m = cfg.model
+        self.model = load_manifest(m["manifest"]).model(m["name"])
+        self.variant = choose_variant(self.model, m["variant"], m["backend"])
+        self.file = self.model.file(self.variant)
+        self.backend = open_backend(self.model, self.variant, m["threads"], memory=m["memory"])
+        self.model_id = rec.model_id_of(self.file.sha256)
+        d, sc, s = cfg.detection, cfg.screening, cfg.sensor
+        self.pipeline = FramePipeline(
+            self.model, self.backend, overlap=cfg.tiling["overlap"], batch=cfg.tiling["batch"],
+            score_threshold=d["score_threshold"], iou_threshold=d["iou_threshold"], merge=d["merge"],
+            metric=d["metric"], max_detections=d["max_detections"], bands=s["bands"],
+            bit_depth=s["bit_depth"], gain=s["gain"], offset=s["offset"],
+            screen=ScreenRule(sc["enabled"], sc["nodata_fraction"], sc["cloud_fraction"]),
+            bright_threshold=sc["bright_threshold"])
+
+        dl = cfg.downlink
+        self.journal = Journal(self.data_dir / "journal", capacity_bytes=dl["journal_capacity_bytes"],
+                               segment_bytes=dl["segment_bytes"])
+        self.packetizer = Packetizer(dl["max_packet_bytes"], state_path=self.state_dir / "packets")
+        self.sink = PacketSink.open(dl["output"], kind=dl["sink"], baud=dl["baud"])
+        self._sent_through = -1  # every live record up to this seq went out in this run
+
+        self._event("started", f"orbit-edge boot {self.boot}: {self.model.name}/{self.variant} "
+                               f"({self.file.runtime}, memory {self.backend.memory}, "
+                               f"{m['threads']} thread(s))")
+        rep = self.journal.recovery
+        if getattr(rep, "dropped_bytes", 0) or getattr(rep, "corrupt_regions", None):
+            self.counters["journal_dropped_bytes"] += rep.dropped_bytes
+            self._event("journal_recovered", f"journal recovery dropped {rep.dropped_bytes} bytes in "
+                                             f"{len(rep.corrupt_regions)} region(s)")
+        for problem in (self.packetizer.state_error,):
+            if problem:
+                self._event("input_error", f"packet counter state: {problem}")
+
+    # ---- records ----------------------------------------------------------------------------------
+    def _now_ms(self) -> int:
+        return int(time.time() * 1000)
+
+    def _append(self, payload: bytes, kind: int, key: int = 0) -> int:
+        seq = self.journal.append(payload, kind=kind, priority=rec.PRIORITY_BY_KIND[kind], key=key,
+                                  sync=False)
+        self.summary.records += 1
+        if self.summary.first_record_s is None:
+            self.summary.first_record_s = time.perf_counter() - self.t0
+        evicted = self.journal.pop_evictions()
+        if evicted:
+            self.counters["journal_evicted"] += len(evicted)
+            self._errors.append((rec.EVENT_CODES["journal_evicted"], None,
+                                 f"journal full: evicted {len(evicted)} record(s), lowest priority first"))
+        return seq
+
+    def _event(self, code: str, text: str, frame_id: int | None = None) -> None:
+        log.info("event %s: %s", code, text)
+        payload = rec.encode_event(seq=self.journal.next_seq, time_ms=self._now_ms(), boot=self.boot,
+                                   code=code, text=text, frame_id=frame_id)
+        self._append(payload, rec.KIND_EVENT, key=frame_id or 0)
+
+    def _error(self, code: str, counter: str, name: str, err: Exception, frame_id: int | None) -> None:
+        text = str(err) if name in str(err) else f"{name}: {err}"
+        log.warning("%s (frame %s): %s", code, frame_id, text)
+        self.counters[counter] += 1
+        self.counters["frames_failed"] += 1
+        self.summary.frames_failed += 1
+        self.summary.errors.append((name, str(err)))
+        self._errors.append((rec.EVENT_CODES[code], frame_id, text))
+        self._event(code, text, frame_id)
+
+    def housekeeping(self) -> None:
+        """Append a housekeeping record: counters since boot, stage latencies since the last one."""
+        st = self.journal.stats()
+        counters = dict(self.counters)
+        counters.update(journal_records=st["records"], journal_bytes=st["bytes"],
+                        packets_sent=self.summary.packets, bytes_sent=self.summary.bytes_sent)
+        stage_us = {s: (int(np.median(v) * 1000), int(np.max(v) * 1000))
+                    for s, v in self._stage_window.items() if v}
+        payload = rec.encode_housekeeping(seq=self.journal.next_seq, time_ms=self._now_ms(),
+                                          uptime_ms=int((time.perf_counter() - self.t0) * 1000),
+                                          boot=self.boot, counters=counters, stage_us=stage_us,
+                                          errors=list(self._errors))
+        self._append(payload, rec.KIND_HOUSEKEEPING)
+        self._errors.clear()
+        for v in self._stage_window.values():
+            v.clear()
+        self._frames_since_hk = 0
+
+    def downlink(self) -> None:
+        """Send every live journaled record not yet sent in this run, in seq order."""
+        t0 = time.perf_counter()
+        out = []
+        for r in self.journal.pending(after=self._sent_through):
+            apid = APID_BY_KIND[r.kind]
+            packets = self.packetizer.packetize(r.payload, apid)
+            out.append((r, packets))
+            self._sent_through = r.seq
+        if out:
+            # counters first: a crash after this point shows as a gap at the ground, never a reused count
+            self.packetizer.save_state()
+            for r, packets in out:
+                n = self.sink.write(packets)
+                self.summary.packets += len(packets)
+                self.summary.bytes_sent += n
+                if r.kind == rec.KIND_FRAME:
+                    self.summary.frame_record_bytes += n
+            self.sink.flush()
+        self._time("downlink", time.perf_counter() - t0)
+
+    def _time(self, stage: str, seconds: float) -> None:
+        ms = seconds * 1e3
+        self.summary.stage_ms.setdefault(stage, []).append(ms)
+        self._stage_window.setdefault(stage, []).append(ms)
+
+    # ---- frames -------------------------------------------------------------------------------------
+    def _beat(self, stage: str) -> None:
+        if self.heartbeat is not None:
+            self.heartbeat(stage)
+
+    def process(self, frame: Frame) -> bool:
+        """Detect, record and journal one opened frame; False when it failed (reported)."""
+        fid = frame.frame_id
+        try:
+            meta = frame.meta
+            res = self.pipeline.process(frame.array, layout=frame.layout, bands=meta.get("bands"),
+                                        bit_depth=meta.get("bit_depth"), heartbeat=self.heartbeat)
+        except (ValueError, TypeError, FrameError, OSError) as e:
+            self._error("input_error", "input_errors", frame.name, e, fid)
+            return False
+        except Exception as e:  # a runtime failing inside the model: report it and go on
+            self._error("model_error", "model_errors", frame.name, e, fid)
+            return False
+        self._beat("record")
+        t0 = time.perf_counter()
+        payload = rec.encode_frame(seq=self.journal.next_seq, frame_id=fid,
+                                   capture_time_ms=frame.capture_time_ms, model_id=self.model_id,
+                                   frame_hw=res.frame_hw, tiles=res.tiles, boxes=res.boxes,
+                                   scores=res.scores, class_ids=res.class_ids, georef=frame.georef)
+        t1 = time.perf_counter()
+        self._append(payload, rec.KIND_FRAME, key=fid)
+        self._time("record", t1 - t0)
+        self._time("journal", time.perf_counter() - t1)
+        for stage, ms in res.stage_ms.items():
+            self._time(stage, ms / 1e3)
+        s = self.summary
+        s.frames_ok += 1
+        s.detections += len(res)
+        s.raw_bytes += frame.nbytes
+        s.tiles = [a + b for a, b in zip(s.tiles, res.tiles)]
+        self.counters.update(frames_ok=1, tiles_total=res.tiles_total, tiles_nodata=res.tiles_nodata,
+                             tiles_cloud=res.tiles_cloud, tiles_inferred=res.tiles_inferred,
+                             detections=len(res))
+        if self.keep_results:
+            s.results.append((fid, frame.name, res))
+        log.info("frame %s %s: %d/%d tiles inferred (%d no-data, %d cloud), %d detections, %.0f ms",
+                 fid, frame.name, res.tiles_inferred, res.tiles_total, res.tiles_nodata,
+                 res.tiles_cloud, len(res), res.stage_ms["frame"])
+        return True
+
+    def _after_frame(self) -> None:
+        self._frames_since_hk += 1
+        if self._frames_since_hk >= self.cfg.downlink["housekeeping_every"]:
+            self.housekeeping()
+        t0 = time.perf_counter()
+        self.journal.sync()
+        self._time("journal", time.perf_counter() - t0)
+
+    def run_file(self, path, frame_id: int | None = None) -> bool:
+        """Process one frame file (not a spool): a fresh frame id from the durable counter."""
+        ids = DurableCounter(self.state_dir / "frame_id")
+        fid = ids.take() if frame_id is None else frame_id
+        t0 = time.perf_counter()
+        try:
+            frame = open_frame(path, layout=self.cfg.input["layout"], kind=self.cfg.input["kind"]
+                               if self.cfg.input["kind"] != "spool" else "auto", frame_id=fid)
+        except FrameError as e:
+            self._error("input_error", "input_errors", Path(path).name, e, fid)
+            ok = False
+        else:
+            self._time("read", time.perf_counter() - t0)
+            ok = self.process(frame)
+        self._after_frame()
+        self.downlink()
+        return ok
+
+    def run_spool(self, directory, max_frames: int | None = None, poll_s: float = 0.0) -> None:
+        """Process the spool until it is empty (poll_s > 0: wait for more, until max_frames)."""
+        spool = Spool(directory, self.state_dir)
+        done = 0
+        while max_frames is None or done < max_frames:
+            claim = spool.claim_next()
+            if claim is None:
+                if poll_s <= 0:
+                    break
+                self._beat("idle")
+                time.sleep(poll_s)
+                continue
+            done += 1
+            if claim.resumed and self.journal.has_key(claim.frame_id):
+                # its record reached the journal before the last run stopped: do not send it twice
+                log.info("frame %s %s: already journaled, marked done", claim.frame_id, claim.name)
+                self.summary.frames_skipped += 1
+                spool.done(claim)
+                continue
+            t0 = time.perf_counter()
+            try:
+                frame = spool.open(claim, layout=self.cfg.input["layout"],
+                                   kind="auto" if self.cfg.input["kind"] == "spool" else
+                                   self.cfg.input["kind"])
+            except FrameError as e:
+                self._error("input_error", "input_errors", claim.name, e, claim.frame_id)
+                ok = False
+            else:
+                self._time("read", time.perf_counter() - t0)
+                ok = self.process(frame)
+            self._after_frame()
+            (spool.done if ok else spool.failed)(claim)
+            self.downlink()
+
+    def run(self, source=None, max_frames: int | None = None) -> RunSummary:
+        """Process `source` (default: the config's input.source): a directory is a spool."""
+        source = source or self.cfg.input["source"]
+        if source is None:
+            raise ValueError("input.source: nothing to process (give a frame file or a spool directory)")
+        p = Path(source)
+        if p.is_dir() or self.cfg.input["kind"] == "spool":
+            self.run_spool(p, max_frames=max_frames, poll_s=self.cfg.input["poll_s"])
+        else:
+            self.run_file(p)
+        return self.summary
+
+    def close(self) -> None:
+        """Final housekeeping and a stop event, everything journaled and sent; then close."""
+        self.housekeeping()
+        self._event("stopped", f"orbit-edge boot {self.boot}: {self.summary.frames_ok} frame(s) ok, "
+                               f"{self.summary.frames_failed} failed")
+        self.journal.sync()
+        self.downlink()
+        self.sink.close()
+        self.journal.close()
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        self.close()
+
+
+__all__ = ["FlightLoop", "LOOP_STAGES", "RunSummary", "choose_variant"]

@@ -1,0 +1,64 @@
+"""Mission config (edge/config.py): defaults, overrides, and errors that name the key."""
+from __future__ import annotations
+
+import pytest
+
+from edge.config import DEFAULTS, ConfigError, apply_overrides, default_config, load_config, validate
+
+
+def test_defaults_validate_and_demo_mission_loads():
+    cfg = default_config()
+    assert cfg.model["name"] == "ship" and cfg.tiling["overlap"] == 32
+    demo = load_config("edge/missions/demo.toml")
+    assert demo.detection["score_threshold"] == 0.55 and demo.sensor["bands"] == [2, 1, 0]
+
+
+@pytest.mark.parametrize("doc, key", [
+    ({"tiling": {"overlapp": 3}}, "tiling.overlapp: unknown key"),
+    ({"tilling": {}}, "tilling: unknown section"),
+    ({"tiling": {"overlap": -1}}, "tiling.overlap: must be in"),
+    ({"tiling": {"overlap": "32"}}, "tiling.overlap: must be an integer"),
+    ({"model": {"backend": "tensorrt"}}, "model.backend: must be one of"),
+    ({"model": {"threads": 0}}, "model.threads"),
+    ({"model": {"memory": "shared"}}, "model.memory"),
+    ({"detection": {"score_threshold": 1.5}}, "detection.score_threshold"),
+    ({"detection": {"merge": "wbf"}}, "detection.merge"),
+    ({"screening": {"enabled": "yes"}}, "screening.enabled: must be true or false"),
+    ({"sensor": {"bands": []}}, "sensor.bands"),
+    ({"sensor": {"bands": [0, 1, 99]}}, "sensor.bands[2]"),
+    ({"sensor": {"gain": [1.0, 2.0]}}, "sensor.gain: needs 1 or 3 values"),
+    ({"downlink": {"max_packet_bytes": 10}}, "downlink.max_packet_bytes"),
+    ({"data": {"dir": ""}}, "data.dir"),
+    ({"input": 3}, "input: must be a table"),
+])
+def test_bad_values_name_the_key(doc, key):
+    with pytest.raises(ConfigError) as e:
+        validate(doc)
+    assert str(e.value).startswith(key)
+
+
+def test_files(tmp_path):
+    bad = tmp_path / "bad.toml"
+    bad.write_text("[model\nname = 'ship'\n")
+    with pytest.raises(ConfigError, match="not valid TOML"):
+        load_config(bad)
+    binary = tmp_path / "bin.toml"
+    binary.write_bytes(b"\xff\xfe\x00garbage")
+    with pytest.raises(ConfigError, match="not UTF-8"):
+        load_config(binary)
+    with pytest.raises(ConfigError, match="cannot read"):
+        load_config(tmp_path / "missing.toml")
+    good = tmp_path / "good.toml"
+    good.write_text('[model]\nname = "trees"\n[tiling]\noverlap = 64\n')
+    cfg = load_config(good)
+    assert cfg.model["name"] == "trees" and cfg.tiling["overlap"] == 64
+    assert cfg.detection == DEFAULTS["detection"]
+
+
+def test_overrides_are_validated():
+    cfg = apply_overrides(default_config(), {"tiling.overlap": 48, "model.variant": None})
+    assert cfg.tiling["overlap"] == 48 and cfg.model["variant"] is None
+    with pytest.raises(ConfigError, match="tiling.overlap"):
+        apply_overrides(cfg, {"tiling.overlap": -5})
+    with pytest.raises(ConfigError, match="nope.x: unknown key"):
+        apply_overrides(cfg, {"nope.x": 1})
