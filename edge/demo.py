@@ -1,7 +1,8 @@
 """`make demo`: the main job of orbit-edge on its bundled default scene, end to end, with the real CLIs.
 
-1. Generate the default scene (models/scenes.py, fixed seed): 4096 x 4096, 12-bit B, G, R, NIR, about 100
-   ships, clouds over ~30 % of it, a no-data strip along the top (the swath edge). It is written as a
+1. Generate the default scene (models/scenes.py, fixed seed): 4096 x 4096, 12-bit B, G, R, NIR, 120 ships
+   (about 90 of them visible: clouds over ~15 % of the frame hide the rest), a no-data strip along the
+   top (the swath edge). It is written as a
    sensor dump (.raw + JSON sidecar with capture time and an affine georeference) into a spool
    directory, with its ground truth (ship boxes) beside it.
 2. `edge run --config edge/missions/demo.toml SPOOL ...`: the flight loop, shipped int8 ship model, packet
@@ -28,10 +29,10 @@ from pathlib import Path
 
 import numpy as np
 
-#: The default scene: seed and generator settings (about 100 ships, 30 % cloud, a no-data strip).
+#: The default scene: seed and generator settings (120 ships, ~90 visible; 15 % cloud; a no-data strip).
 SCENE_SEED = 2026
 SCENE_SIZE = 4096
-SCENE_PARAMS = dict(ships=(0.39, 0.39), cloud_probability=1.0, cloud_cover=(0.3, 0.3),
+SCENE_PARAMS = dict(ships=(0.47, 0.47), cloud_probability=1.0, cloud_cover=(0.15, 0.15),
                     nodata_probability=1.0, nodata_width=(0.1, 0.1), land_probability=0.0)
 #: Capture time and an affine georeference (GDAL order) of ~2.4 m pixels in the Alboran Sea.
 CAPTURE_TIME = "2026-06-21T10:30:00Z"
@@ -40,7 +41,7 @@ MISSION = Path(__file__).resolve().parent / "missions" / "demo.toml"
 DEFAULT_OUT = Path("demo-out")
 
 
-def write_scene(spool: Path, truth_csv: Path) -> tuple[Path, int]:
+def write_scene(spool: Path, truth_csv: Path) -> tuple[Path, int, int]:
     try:
         from models.scenes import generate_scene
     except ImportError as e:  # pragma: no cover - run from the repository root
@@ -64,7 +65,7 @@ def write_scene(spool: Path, truth_csv: Path) -> tuple[Path, int]:
         w.writerow(["xmin", "ymin", "xmax", "ymax", "class_id"])
         for b in scene.boxes.tolist():
             w.writerow([f"{v:.2f}" for v in b] + [0])
-    return raw, len(scene.boxes)
+    return raw, len(scene.boxes), scene.ships_total
 
 
 def _cmd(args: list[str]) -> None:
@@ -100,9 +101,9 @@ def main(argv=None) -> int:
 
     print(f"1. default scene: seed {SCENE_SEED}, {SCENE_SIZE}x{SCENE_SIZE} 12-bit B,G,R,NIR")
     t0 = time.perf_counter()
-    raw, n_truth = write_scene(spool, out / "truth.csv")
-    print(f"   {raw} ({raw.stat().st_size / 2**20:.0f} MiB), {n_truth} visible ships "
-          f"({time.perf_counter() - t0:.1f} s)")
+    raw, n_truth, n_ships = write_scene(spool, out / "truth.csv")
+    print(f"   {raw} ({raw.stat().st_size / 2**20:.0f} MiB): {n_ships} ships, {n_truth} of them visible "
+          f"(the rest under cloud or no-data) ({time.perf_counter() - t0:.1f} s)")
     print("2. flight: edge run")
     _cmd([_tool("edge"), "run", "--config", MISSION, spool, "--data-dir", data, "--output", stream,
           "--summary", summary_json, "--quiet"])

@@ -8,13 +8,18 @@
 Memory: one batch buffer (batch x C x tile x tile of the model's input dtype) and its statistics are
 allocated when the pipeline is built and reused for every batch of every frame; the frame itself is read
 through its (memory-mapped) array one batch of tiles at a time, so a 10980 x 10980 x 4 uint16 frame costs
-the same working memory as a 1024 x 1024 one. Only the detections grow with the frame.
+the same working memory as a 1024 x 1024 one. Only the detections grow with the frame. The pages of a
+read-only memory-mapped frame count in the process's RSS once touched; the rows no later tile needs are
+handed back to the kernel after each batch (madvise MADV_DONTNEED: for a read-only file mapping this
+only unmaps them; the page cache keeps the data), so RSS stays flat however big the frame is.
 
 The LUT that turns raw sensor values into model input folds band selection, bit depth, mean / std and
 the model's input quantization; it is built once per (dtype, bit depth, bands) and cached.
 """
 from __future__ import annotations
 
+import ctypes
+import mmap
 import time
 from dataclasses import dataclass, field
 
@@ -28,6 +33,44 @@ from edge.screen import CLOUD, KEEP, NODATA, ScreenRule, screen_tiles
 
 #: Stage names timed per frame (ms), in pipeline order; `frame` is the whole call.
 STAGES = ("plan", "preprocess", "screen", "infer", "decode", "merge")
+
+
+_PAGE = mmap.PAGESIZE
+_MADV_DONTNEED = getattr(mmap, "MADV_DONTNEED", 4)
+try:
+    _madvise = ctypes.CDLL(None, use_errno=True).madvise
+    _madvise.argtypes = (ctypes.c_void_p, ctypes.c_size_t, ctypes.c_int)
+except (OSError, AttributeError):  # pragma: no cover - not Linux / no libc symbol
+    _madvise = None
+
+
+def _file_mapped(array) -> bool:
+    """True only for a read-only np.memmap of a file: the one case where dropping pages is harmless
+    (on anonymous or copy-on-write memory MADV_DONTNEED would zero the data)."""
+    return (_madvise is not None and isinstance(array, np.memmap)
+            and getattr(array, "_mmap", None) is not None and getattr(array, "mode", None) == "r")
+
+
+def release_rows(array: np.ndarray, layout: str, rows: int) -> None:
+    """Hand the pages holding rows [0, rows) of a read-only memory-mapped frame back to the kernel.
+    Whole pages only, never past those rows; a no-op for any other array."""
+    if rows <= 0 or not _file_mapped(array):
+        return
+    if array.ndim == 3 and layout == "CHW":
+        planes = [array[b] for b in range(array.shape[0])]
+    else:
+        planes = [array]
+    for plane in planes:
+        if min(plane.strides) <= 0:
+            return  # a reversed view: its rows do not start at its data pointer; leave it alone
+        # [start, end) lies inside the mapping: the first `rows` rows of this (positive-stride) view
+        row_stride = plane.strides[0]
+        start = plane.ctypes.data
+        end = start + min(rows, plane.shape[0]) * row_stride
+        lo = -(-start // _PAGE) * _PAGE   # first whole page inside the rows
+        hi = (end // _PAGE) * _PAGE       # ... and the end of the last whole one
+        if hi > lo:
+            _madvise(lo, hi - lo, _MADV_DONTNEED)
 
 
 @dataclass
@@ -177,6 +220,9 @@ class FramePipeline:
                     boxes.append(det.boxes + np.array([x, y, x, y], np.float32))
                     scores.append(det.scores)
                     classes.append(det.classes)
+            # rows above the next tile's top are done with: give their pages back (memmap only)
+            if b0 + k < plan.n_tiles:
+                release_rows(array, layout, int(plan.origins[b0 + k, 0]))
         beat("merge")
         t0 = time.perf_counter()
         det = self._merge(boxes, scores, classes, multi_tile=plan.n_tiles > 1)

@@ -177,3 +177,67 @@ def test_litert_runs_shipped_tflite_and_agrees_with_onnxruntime():
             role = next(iter(ref))
             err = np.abs(out[role] - ref[role]).max()
             assert err <= 0.1 * max(1.0, float(np.abs(ref[role]).max())), (model.name, role, err)
+
+
+# ---- memory modes: the runtime computes from buffers orbit-edge owns ------------------------------
+
+def _ship_tiles(n=3):
+    from models.scenes import scene_batch
+
+    images, _, _ = scene_batch(range(900_000, 900_000 + n), size=256)
+    return np.ascontiguousarray(images.transpose(0, 3, 1, 2))
+
+
+@pytest.mark.parametrize("variant", ["onnx_int8", "onnx_fp32", "tflite_int8"])
+def test_owned_weights_are_what_the_runtime_computes_from(variant):
+    """Flip bits in the reported weight regions: the outputs change; flip them back: the outputs
+    are bit-identical again. So those buffers are the memory the scrubber must protect."""
+    model = load_manifest(DEFAULT_MANIFEST).model("ship")
+    backend = open_backend(model, variant, memory="owned")
+    assert backend.memory == "owned"
+    regions = backend.weight_regions()
+    assert regions and all(r.dtype == np.uint8 and r.flags.writeable for r in regions.values())
+    tiles = _ship_tiles()
+    x = tiles if backend.input_dtype == np.uint8 else (
+        tiles.astype(np.float32) / 255 if backend.input_dtype == np.float32
+        else (tiles.astype(np.int16) - 128).astype(np.int8))
+    clean = backend.run(x)
+    # the largest region: conv weights (ORT) or the whole flatbuffer (LiteRT)
+    name, region = max(regions.items(), key=lambda kv: kv[1].nbytes)
+    idx = np.arange(region.nbytes // 3, region.nbytes // 3 + 4000, 97)
+    region[idx] ^= 0x40
+    hit = backend.run(x)
+    region[idx] ^= 0x40
+    again = backend.run(x)
+    assert any(not np.array_equal(clean[r], hit[r]) for r in clean), f"{name}: flips had no effect"
+    for r in clean:
+        np.testing.assert_array_equal(clean[r], again[r])
+
+
+def test_owned_mode_detects_like_copy_mode():
+    """ONNX Runtime 'owned' (BASIC optimizations, QDQ run as dequantize -> float conv -> quantize)
+    vs 'copy' (QDQ fused into integer kernels): the same ships, scores within a few steps."""
+    model = load_manifest(DEFAULT_MANIFEST).model("ship")
+    tiles = _ship_tiles(6)
+    a = open_backend(model, "onnx_int8").run(tiles)
+    b = open_backend(model, "onnx_int8", memory="owned").run(tiles)
+    for i in range(len(tiles)):
+        da = decode(model.head, {r: o[i] for r, o in a.items()}, tile_hw=model.tile_hw)
+        db = decode(model.head, {r: o[i] for r, o in b.items()}, tile_hw=model.tile_hw)
+        strong_a = da.boxes[da.scores > 0.5]
+        strong_b = db.boxes[db.scores > 0.5]
+        assert abs(len(strong_a) - len(strong_b)) <= 1
+    # the two graphs round differently at a handful of cells (integer kernels vs float simulation)
+    close = np.abs(a["heatmap"] - b["heatmap"]) < 0.05
+    assert close.mean() > 0.99, close.mean()
+
+
+def test_memory_mode_errors():
+    model = load_manifest(DEFAULT_MANIFEST).model("ship")
+    with pytest.raises(ValueError, match="needs an .onnx file"):
+        open_backend(model, "ort_int8", memory="owned")
+    with pytest.raises(ValueError, match="memory must be one of"):
+        open_backend(model, "onnx_int8", memory="shared")
+    with pytest.raises(ValueError, match="XNNPACK"):
+        open_backend(model, "tflite_int8", memory="owned", xnnpack=True)
+    assert open_backend(model, "onnx_int8").weight_regions() == {}

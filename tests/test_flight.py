@@ -86,7 +86,7 @@ def test_spool_to_ground(tmp_path, spool):
     for r in frames:
         res = by_id[r.frame_id]
         assert r.frame_size == (520, 600) and r.tiles["total"] == res.tiles_total
-        assert r.georef == {"geotransform": GT}
+        assert np.allclose(r.georef["geotransform"], GT, rtol=1e-6, atol=0)
         assert r.time_ms > 1_790_000_000_000
         np.testing.assert_allclose(r.boxes, res.boxes, atol=0.5)
         np.testing.assert_allclose(r.scores, res.scores, atol=1 / 510 + 1e-9)

@@ -144,3 +144,37 @@ def test_same_int8_model_on_both_backends(ship, scene12):
         assert a.scores[i] < 0.45
     for j in ub:
         assert b.scores[j] < 0.45
+
+
+def _rss_file_kb() -> int:
+    with open("/proc/self/status") as f:
+        return next(int(line.split()[1]) for line in f if line.startswith("RssFile"))
+
+
+def test_memory_mapped_frame_pages_are_released(ship, ort_int8, tmp_path):
+    """A 128 MiB frame streamed through the pipeline leaves only a few batches' pages resident."""
+    from edge.pipeline import release_rows
+
+    h = w = 4096
+    frame = np.lib.format.open_memmap(tmp_path / "big.npy", mode="w+", dtype=np.uint16, shape=(h, w, 4))
+    frame[:] = 0
+    frame[:, :, :] = 500          # open sea everywhere ...
+    frame[: h // 2] = 0           # ... and no data in the top half
+    frame.flush()
+    del frame
+    arr = np.load(tmp_path / "big.npy", mmap_mode="r")
+    pipe = FramePipeline(ship, ort_int8, overlap=0, batch=16, bands=BGRN_TO_RGB, bit_depth=12,
+                         screen=ScreenRule(True, 0.98, 0.95), bright_threshold=2900)
+    before = _rss_file_kb()
+    res = pipe.process(arr)
+    grown_mb = (_rss_file_kb() - before) / 1024
+    assert res.tiles == (256, 128, 0, 128)
+    assert grown_mb < 24, f"RssFile grew by {grown_mb:.0f} MB for a 128 MB frame"
+    # never on memory that is not a read-only file mapping: an ordinary array keeps its data
+    plain = np.full((64, 64, 4), 7, np.uint16)
+    release_rows(plain, "HWC", 64)
+    assert (plain == 7).all()
+    cow = np.load(tmp_path / "big.npy", mmap_mode="c")
+    cow[-1, -1, 0] = 9
+    release_rows(cow, "HWC", h)
+    assert cow[-1, -1, 0] == 9

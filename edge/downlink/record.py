@@ -133,6 +133,7 @@ TAG_UINT8 = 64       # RFC 8746 typed array: uint8
 TAG_UINT16LE = 69    # RFC 8746 typed array: uint16, little endian
 GEOREF_GEOTRANSFORM = 0   # georef map key: affine geotransform, GDAL order
 GEOREF_CORNERS = 1        # georef map key: [lat, lon] of the four frame corners
+GEOREF_MAX_ERROR_PX = 0.1  # georef numbers go as float32 when that moves no frame corner further
 GEOTRANSFORM_LEN = 6
 CORNERS_LEN = 4
 MODEL_ID_BYTES = 4        # first bytes of the model file's sha256
@@ -295,6 +296,42 @@ def _georef(georef) -> dict:
     raise ValueError(f"georef: form must be 'geotransform' or 'corners', got {form!r}")
 
 
+def _as_float32(values) -> list[float]:
+    with np.errstate(over="ignore"):  # beyond float32 range: inf, and the float64 form is kept
+        return [float(v) for v in np.asarray(values, np.float64).astype(np.float32)]
+
+
+def _compact_georef(geo: dict, h: int, w: int) -> dict:
+    """The georeference with its numbers rounded to float32 (5 CBOR bytes each instead of 9) when that
+    moves no frame corner by more than GEOREF_MAX_ERROR_PX pixels; else unchanged (float64).
+    Canonical CBOR then writes each value in the shortest form that holds it exactly."""
+    corners_px = np.array([[0, 0], [w, 0], [w, h], [0, h]], np.float64)  # (col, row)
+    if GEOREF_GEOTRANSFORM in geo:
+        gt = np.array(geo[GEOREF_GEOTRANSFORM], np.float64)
+        gt32 = np.array(_as_float32(gt), np.float64)
+        jac = np.array([[gt[1], gt[2]], [gt[4], gt[5]]])
+        if not np.isfinite(gt32).all() or abs(np.linalg.det(jac)) == 0:
+            return geo
+
+        def lonlat(g):
+            return np.stack([g[0] + corners_px[:, 0] * g[1] + corners_px[:, 1] * g[2],
+                             g[3] + corners_px[:, 0] * g[4] + corners_px[:, 1] * g[5]], 1)
+
+        with np.errstate(all="ignore"):
+            err_px = np.linalg.solve(jac, (lonlat(gt32) - lonlat(gt)).T)  # degrees -> pixels
+        if np.isfinite(err_px).all() and np.abs(err_px).max() <= GEOREF_MAX_ERROR_PX:
+            return {GEOREF_GEOTRANSFORM: [float(v) for v in gt32]}
+        return geo
+    corners = np.array(geo[GEOREF_CORNERS], np.float64)
+    c32 = np.array([_as_float32(c) for c in corners], np.float64)
+    # degrees per pixel along the frame's shorter side, from the corners themselves
+    span = max(np.abs(corners[1] - corners[0]).max() / max(w, 1),
+               np.abs(corners[3] - corners[0]).max() / max(h, 1))
+    if span > 0 and np.abs(c32 - corners).max() / span <= GEOREF_MAX_ERROR_PX:
+        return {GEOREF_CORNERS: c32.tolist()}
+    return geo
+
+
 def _labels(labels) -> list[str]:
     if isinstance(labels, str) or not isinstance(labels, Iterable):
         raise ValueError(f"labels: must be a list of class names, got {labels!r}")
@@ -385,7 +422,7 @@ def encode_frame(*, seq, frame_id, capture_time_ms, model_id: bytes, frame_hw, t
         KEY_TILES: _tiles(tiles),
     }
     if georef is not None:
-        record[KEY_GEOREF] = _georef(georef)
+        record[KEY_GEOREF] = _compact_georef(_georef(georef), h, w)
     label_list = None if labels is None else _labels(labels)
     if label_list is not None:
         record[KEY_LABELS] = label_list
