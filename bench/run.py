@@ -1,12 +1,15 @@
 """`make bench`: orbit-edge's kernels against the peers a user would otherwise pick, in one run.
 
-    python -m bench.run            full run (~2-3 min) -> bench/results.json, bench/RESULTS.md
+    python -m bench.run            full run (~6-8 min) -> bench/results.json, bench/RESULTS.md
     python -m bench.run --quick    fewer repeats, slow peers skipped at 100k boxes (development)
+    python -m bench.run --only pipeline   one benchmark; the others' figures are carried over from the
+                                   previous results.json (RESULTS.md says from which run)
 
 Every figure is the median wall time of repeated calls after one warm-up call, single-threaded, all
 in the same process, so the ratios compare like with like on this machine. A call too slow to
 repeat within its time budget is run once (that one run is the figure, and the run says so). Inputs
-are deterministic (fixed seeds). bench/README.md says what each benchmark does.
+are deterministic (fixed seeds). bench/README.md says what each benchmark does. The pipeline
+benchmarks (whole frames, memory, cold start; issue 4) live in bench/pipeline.py.
 """
 from __future__ import annotations
 
@@ -27,7 +30,7 @@ from pathlib import Path
 
 import numpy as np
 
-from bench import peers
+from bench import peers, pipeline
 from edge.kernels._backend import reference_only
 
 HERE = Path(__file__).resolve().parent
@@ -191,8 +194,9 @@ def _cpu_snapshot() -> tuple[float, float, float] | None:
     # cpu user nice system idle iowait irq softirq steal ...: busy = all but idle and iowait
     ticks = [int(v) for v in fields[1:9]]
     busy = sum(ticks) - ticks[3] - ticks[4]
-    own = os.times()
-    return busy / os.sysconf("SC_CLK_TCK"), own.user + own.system, time.monotonic()
+    own = os.times()  # with the children this run waited for (the pipeline benchmark's subprocesses)
+    return (busy / os.sysconf("SC_CLK_TCK"), own.user + own.system + own.children_user + own.children_system,
+            time.monotonic())
 
 
 def _other_cpu(start, end) -> float | None:
@@ -641,6 +645,7 @@ def targets(results: dict) -> dict:
     out["secded_check_gbps"] = {"what": "SECDED check GB/s (edge)", "value": v,
                                 "target": f">= {TARGET_SECDED_CHECK_GBPS:g}",
                                 "met": None if v is None else v >= TARGET_SECDED_CHECK_GBPS}
+    out.update(pipeline.targets(results))
     return out
 
 
@@ -680,6 +685,11 @@ def _md_header(doc: dict) -> list[str]:
         lines += [f"> **The machine was busy**: other processes kept {other:.2f} of its {mach['cores_online']} "
                   "cores busy on average during the run; figures are noisier and slower than on an idle "
                   "machine.", ""]
+    for name, prev in doc.get("carried_over", {}).items():
+        busy = prev.get("other_processes_cpu_cores")
+        lines += [f"> **{name}**: not run this time; its figures are carried over from the {prev.get('mode')} run "
+                  f"of {prev.get('date_utc')} (commit {prev.get('git_commit')}, other processes "
+                  f"{_fmt(busy)} cores busy), not from the machine described below.", ""]
     lines += [
         f"Median of repeated calls after a warm-up, single thread, all in one process "
         f"(run took {doc['elapsed_s']:.0f} s, {doc['mode']} mode).",
@@ -836,22 +846,56 @@ def render_markdown(doc: dict) -> str:
         lines += _md_nms(doc["nms"], doc.get("nms_setup", {}))
     if "crc32c_gbps" in doc:
         lines += _md_integrity(doc)
+    if "pipeline" in doc:
+        lines += pipeline.markdown(doc["pipeline"], BUSY_CORES)
     lines += _md_targets(doc)
     if doc["notes"]:
         lines += ["## Notes", ""] + [f"- {n}" for n in doc["notes"]] + [""]
     return "\n".join(lines)
 
 
+#: Benchmarks --only knows: their keys in results.json and the prefixes of their notes.
+BENCHMARKS = {
+    "preprocess": (("preprocess_4096",), ("preprocess", "`preprocess")),
+    "nms": (("nms", "nms_setup"), ("nms", "`nms")),
+    "integrity": (("crc32c_gbps", "secded_encode_gbps", "secded_check_gbps", "integrity_setup"),
+                  ("crc32c", "`crc32c", "secded", "`secded")),
+    "pipeline": (("pipeline",), ("pipeline", "wire", "memory", "cold start")),
+}
+
+
+def carry_over(doc: dict, only: set, out_dir: Path) -> None:
+    """Figures of the benchmarks not run now, from the previous results.json, so that a run of one
+    benchmark leaves the others' sections in place; doc["carried_over"] says where they come from."""
+    path = out_dir / "results.json"
+    try:
+        prev = json.loads(path.read_text())
+    except (OSError, ValueError):
+        return
+    mach = prev.get("machine", {})
+    origin = prev.get("carried_over", {})
+    for name, (keys, note_prefixes) in BENCHMARKS.items():
+        if name in only or not all(k in prev for k in keys):
+            continue
+        for k in keys:
+            doc[k] = prev[k]
+        doc["notes"] += [n for n in prev.get("notes", []) if n.startswith(note_prefixes)]
+        doc.setdefault("carried_over", {})[name] = origin.get(name) or {
+            "mode": prev.get("mode"), "date_utc": mach.get("date_utc"), "git_commit": mach.get("git_commit"),
+            "other_processes_cpu_cores": mach.get("other_processes_cpu_cores")}
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m bench.run", description=__doc__.split("\n")[0])
     parser.add_argument("--quick", action="store_true", help="few repeats, slow peers skipped (development)")
-    parser.add_argument("--only", default="preprocess,nms,integrity",
-                        help="comma-separated subset of: preprocess, nms, integrity")
+    parser.add_argument("--only", default=",".join(BENCHMARKS),
+                        help="comma-separated subset of: " + ", ".join(BENCHMARKS)
+                        + " (the others are carried over from the previous results.json)")
     parser.add_argument("--out-dir", type=Path, default=HERE, help="where results.json and RESULTS.md go")
     parser.add_argument("--no-write", action="store_true", help="print the markdown, write nothing")
     args = parser.parse_args(argv)
     only = {s.strip() for s in args.only.split(",") if s.strip()}
-    unknown = only - {"preprocess", "nms", "integrity"}
+    unknown = only - set(BENCHMARKS)
     if unknown:
         parser.error(f"--only: unknown benchmark(s) {sorted(unknown)}")
 
@@ -865,6 +909,8 @@ def main(argv: list[str] | None = None) -> int:
         bench_nms(run)
     if "integrity" in only:
         bench_integrity(run)
+    if "pipeline" in only:
+        pipeline.bench_pipeline(run, _cpu_snapshot, _other_cpu)
 
     doc = {
         "mode": mode.name,
@@ -874,17 +920,29 @@ def main(argv: list[str] | None = None) -> int:
         "method": {"statistic": "median", "warm_up_calls": 1, "max_repeats": mode.repeats,
                    "repeat_budget_s": mode.budget_s, "single_call_cap_s": mode.single_call_cap_s,
                    "clock": "time.perf_counter", "gc": "disabled while timing"},
-        **run.results,  # preprocess_4096, nms, crc32c_gbps, secded_encode_gbps, secded_check_gbps
-        "targets": targets(run.results),
+        **run.results,  # preprocess_4096, nms, crc32c_gbps, secded_encode_gbps, secded_check_gbps, pipeline
+        "targets": {},
         "notes": run.notes,
     }
+    if not args.no_write:
+        carry_over(doc, only, args.out_dir)
+    doc["targets"] = targets(doc)
+    head = ("mode", "elapsed_s", "machine", "threads", "method", "carried_over")
+    order = [k for k in head if k in doc] + [k for keys, _ in BENCHMARKS.values() for k in keys if k in doc]
+    doc = {**{k: doc[k] for k in order}, **{k: v for k, v in doc.items() if k not in order}}
     md = render_markdown(doc)
     if args.no_write:
         print(md)
         return 0
     args.out_dir.mkdir(parents=True, exist_ok=True)
     (args.out_dir / "results.json").write_text(json.dumps(doc, indent=2) + "\n")
-    (args.out_dir / "results.raw.json").write_text(json.dumps(run.raw, indent=2) + "\n")
+    raw = run.raw
+    if doc.get("carried_over"):  # keep the samples of the carried-over benchmarks too
+        try:
+            raw = {**json.loads((args.out_dir / "results.raw.json").read_text()), **run.raw}
+        except (OSError, ValueError):
+            pass
+    (args.out_dir / "results.raw.json").write_text(json.dumps(raw, indent=2) + "\n")
     (args.out_dir / "RESULTS.md").write_text(md)
     _log(f"wrote {args.out_dir / 'results.json'}, {args.out_dir / 'RESULTS.md'} in {doc['elapsed_s']:.0f} s")
     print(md)

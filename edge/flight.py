@@ -55,9 +55,38 @@ def choose_variant(model, variant: str | None, backend: str) -> str:
     return (int8 or files)[0].variant
 
 
+#: Per-stage samples kept for medians (the most recent ones): memory stays flat over any number of frames.
+RECENT_SAMPLES = 1024
+#: Error messages kept in the summary (the most recent); errors_total counts them all.
+RECENT_ERRORS = 64
+
+
+class StageTimes:
+    """Count, total and the most recent RECENT_SAMPLES samples (ms) of one stage, in a ring buffer
+    allocated once: the summary's memory does not grow with the number of frames."""
+
+    __slots__ = ("count", "total", "_ring")
+
+    def __init__(self):
+        self.count, self.total = 0, 0.0
+        self._ring = np.zeros(RECENT_SAMPLES, np.float64)
+
+    def add(self, ms: float) -> None:
+        self._ring[self.count % RECENT_SAMPLES] = ms
+        self.count += 1
+        self.total += ms
+
+    @property
+    def recent(self) -> np.ndarray:
+        return self._ring[:min(self.count, RECENT_SAMPLES)]
+
+    def __len__(self) -> int:
+        return self.count
+
+
 @dataclass
 class RunSummary:
-    """What a run did, for the CLI, the demo and the tests."""
+    """What a run did, for the CLI, the demo and the tests. Bounded: totals plus recent samples."""
 
     frames_ok: int = 0
     frames_failed: int = 0
@@ -69,21 +98,22 @@ class RunSummary:
     packets: int = 0
     bytes_sent: int = 0
     frame_record_bytes: int = 0        # on the wire: frame records' packets, headers and PEC included
-    stage_ms: dict = field(default_factory=dict)   # stage -> list of per-frame ms
-    errors: list = field(default_factory=list)     # (frame name, message)
-    first_record_s: float | None = None            # process start -> first record journaled
+    stage_ms: dict = field(default_factory=dict)   # stage -> StageTimes
+    errors: collections.deque = field(default_factory=lambda: collections.deque(maxlen=RECENT_ERRORS))
+    errors_total: int = 0
+    first_record_s: float | None = None            # loop start -> first frame record journaled
     results: list = field(default_factory=list)    # (frame_id, name, FrameResult) when kept
 
     def as_dict(self) -> dict:
-        med = {k: round(float(np.median(v)), 3) for k, v in self.stage_ms.items() if v}
-        tot = {k: round(float(np.sum(v)), 3) for k, v in self.stage_ms.items() if v}
+        med = {k: round(float(np.median(v.recent)), 3) for k, v in self.stage_ms.items() if v.count}
+        tot = {k: round(v.total, 3) for k, v in self.stage_ms.items() if v.count}
         return {"frames_ok": self.frames_ok, "frames_failed": self.frames_failed,
                 "frames_skipped": self.frames_skipped, "detections": self.detections,
                 "tiles": dict(zip(("total", "nodata", "cloud", "inferred"), self.tiles)),
                 "raw_bytes": self.raw_bytes, "records": self.records, "packets": self.packets,
                 "bytes_sent": self.bytes_sent, "frame_record_bytes": self.frame_record_bytes,
-                "stage_ms_median": med, "stage_ms_total": tot, "errors": self.errors,
-                "first_record_s": self.first_record_s}
+                "stage_ms_median": med, "stage_ms_total": tot, "errors": list(self.errors),
+                "errors_total": self.errors_total, "first_record_s": self.first_record_s}
 
 
 class FlightLoop:
@@ -103,7 +133,7 @@ class FlightLoop:
         self.state_dir = self.data_dir / "state"
         self.state_dir.mkdir(parents=True, exist_ok=True)
         self.boot = DurableCounter(self.state_dir / "boot").take()
-        self.summary = RunSummary(stage_ms={s: [] for s in LOOP_STAGES + ("frame",)})
+        self.summary = RunSummary(stage_ms={s: StageTimes() for s in LOOP_STAGES + ("frame",)})
         self.counters = collections.Counter()
         self._stage_window = {s: [] for s in LOOP_STAGES + ("frame",)}  # since the last housekeeping
         self._errors = collections.deque(maxlen=rec.MAX_ERRORS)
@@ -151,7 +181,7 @@ class FlightLoop:
         seq = self.journal.append(payload, kind=kind, priority=rec.PRIORITY_BY_KIND[kind], key=key,
                                   sync=False)
         self.summary.records += 1
-        if self.summary.first_record_s is None:
+        if kind == rec.KIND_FRAME and self.summary.first_record_s is None:
             self.summary.first_record_s = time.perf_counter() - self.t0
         evicted = self.journal.pop_evictions()
         if evicted:
@@ -173,6 +203,7 @@ class FlightLoop:
         self.counters["frames_failed"] += 1
         self.summary.frames_failed += 1
         self.summary.errors.append((name, str(err)))
+        self.summary.errors_total += 1
         self._errors.append((rec.EVENT_CODES[code], frame_id, text))
         self._event(code, text, frame_id)
 
@@ -215,9 +246,20 @@ class FlightLoop:
             self.sink.flush()
         self._time("downlink", time.perf_counter() - t0)
 
+    @property
+    def sent_through(self) -> int:
+        """Highest seq sent in this run (-1: none yet)."""
+        return self._sent_through
+
+    def acknowledge(self, seqs) -> int:
+        """The ground confirmed these records (seq numbers or ranges): they leave the journal.
+        Returns how many records it freed. (The authenticated uplink that carries acks calls this.)"""
+        freed = self.journal.ack(seqs)
+        return freed
+
     def _time(self, stage: str, seconds: float) -> None:
         ms = seconds * 1e3
-        self.summary.stage_ms.setdefault(stage, []).append(ms)
+        self.summary.stage_ms.setdefault(stage, StageTimes()).add(ms)
         self._stage_window.setdefault(stage, []).append(ms)
 
     # ---- frames -------------------------------------------------------------------------------------
