@@ -581,7 +581,7 @@ def _child_memmap(raw: Path, work: Path) -> dict:
             "during": {k: _summ(during, k) for k in ("VmRSS", "RssAnon", "RssFile")}, "samples": len(during),
             "vm_hwm": closed["VmHWM"], "ru_maxrss": _ru_maxrss(), "ru_maxrss_at_start": maxrss_at_start,
             "frame_s": t2 - t1, "frames_ok": s.frames_ok, "detections": s.detections, "tiles": s.tiles,
-            "errors": s.errors}
+            "errors": list(s.errors)}
 
 
 def _child_spool(spool: Path, work: Path, frames: int) -> dict:
