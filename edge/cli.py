@@ -53,22 +53,25 @@ def _run(args) -> int:
 
     logging.basicConfig(level=logging.WARNING if args.quiet else logging.INFO,
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s", stream=sys.stderr)
+    overrides = {
+        "input.source": args.source, "model.name": args.model, "model.variant": args.variant,
+        "model.backend": args.backend, "model.threads": args.threads, "model.memory": args.memory,
+        "tiling.overlap": args.overlap, "detection.score_threshold": args.score_threshold,
+        "data.dir": args.data_dir, "downlink.output": args.output}
+    overrides = {k: v for k, v in overrides.items() if v is not None}
     try:
         cfg = load_config(args.config) if args.config else default_config()
-        cfg = apply_overrides(cfg, {
-            "input.source": args.source, "model.name": args.model, "model.variant": args.variant,
-            "model.backend": args.backend, "model.threads": args.threads, "model.memory": args.memory,
-            "tiling.overlap": args.overlap, "detection.score_threshold": args.score_threshold,
-            "data.dir": args.data_dir, "downlink.output": args.output})
+        cfg = apply_overrides(cfg, overrides)
     except ConfigError as e:
         print(f"edge run: config error: {e}", file=sys.stderr)
         return 2
-    from edge.flight import FlightLoop
-    from edge.manifest import ManifestError, ModelIntegrityError
+    if not args.no_supervisor:
+        return _supervised(args, cfg, overrides)
+    from edge.flight import FlightLoop, ModelLoadError
 
     try:
         loop = FlightLoop(cfg, started_at=t_start)
-    except (ManifestError, ModelIntegrityError, ValueError, OSError) as e:
+    except (ModelLoadError, ValueError, OSError) as e:
         print(f"edge run: cannot start: {e}", file=sys.stderr)
         return 2
     with loop:
@@ -82,6 +85,42 @@ def _run(args) -> int:
             json.dump(summary, f, indent=2)
     print(json.dumps(summary))
     return 0 if summary["frames_failed"] == 0 or args.keep_going_rc else 1
+
+
+def _supervised(args, cfg, overrides) -> int:
+    """`edge run` as flown: the supervisor (this process) runs the flight loop as a worker process,
+    restarts it when it misses a stage deadline or dies, pets the watchdog only while it is healthy,
+    and goes to safe mode after a restart storm (edge/reliability/supervisor.py)."""
+    import signal
+
+    from edge.reliability.supervisor import Supervisor
+    from edge.reliability.watchdog import open_watchdog
+
+    cmd = [sys.executable, "-m", "edge.worker", "--overrides", json.dumps(overrides)]
+    if args.config:
+        cmd += ["--config", args.config]
+    if args.summary:
+        cmd += ["--summary", args.summary]
+    if args.max_frames is not None:
+        cmd += ["--max-frames", str(args.max_frames)]
+    if args.quiet:
+        cmd += ["--quiet"]
+    wd = cfg.watchdog
+    watchdog = open_watchdog(wd["device"], wd["timeout_s"])
+    sup = Supervisor(cfg, cmd, watchdog=watchdog)
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        signal.signal(sig, lambda *_: sup.request_stop())
+    rc = sup.run()
+    report = {"supervisor": dict(sup.stats), "output": str(cfg.downlink["output"]),
+              "data_dir": str(cfg.data_dir)}
+    if args.summary:
+        try:
+            with open(args.summary) as f:
+                report.update(json.load(f))
+        except (OSError, ValueError):
+            pass
+    print(json.dumps(report, default=str))
+    return rc
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -122,7 +161,14 @@ def main(argv: list[str] | None = None) -> int:
     run.add_argument("--quiet", action="store_true", help="log warnings only")
     run.add_argument("--keep-going-rc", action="store_true",
                      help="exit 0 even when some frames failed (they are reported either way)")
+    run.add_argument("--no-supervisor", action="store_true",
+                     help="run the flight loop in this process (no worker, no watchdog): development")
     run.set_defaults(func=_run)
+    from edge.reliability.inject import add_inject_parser
+    from edge.uplink import add_keygen_parser
+
+    add_inject_parser(sub)
+    add_keygen_parser(sub)
     args = parser.parse_args(argv)
     return args.func(args)
 

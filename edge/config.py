@@ -12,8 +12,14 @@ as overrides (`apply_overrides`) and validates the result the same way.
     [detection]  score_threshold, iou_threshold, merge, metric, max_detections
     [screening]  enabled, nodata_fraction, cloud_fraction, bright_threshold
     [downlink]   output, sink, baud, max_packet_bytes, journal_capacity_bytes, segment_bytes,
-                 housekeeping_every
+                 housekeeping_every (frames), housekeeping_s (safe mode / idle), retransmit_s
+                 (unacknowledged records go out again this often; 0: only when asked)
     [data]       dir
+    [scrub]      enabled, budget_bytes_per_s, block_bytes
+    [uplink]     input (file, FIFO or serial device the ground's telecommands arrive on), key_file
+                 (the board's HMAC key, `edge keygen`), spi
+    [supervisor] stage deadlines, restart backoff, safe mode (edge/reliability/supervisor.py)
+    [watchdog]   device, timeout_s, pet_interval_s
 The defaults are the demo's: the shipped int8 ship model on 12-bit B, G, R, NIR frames.
 """
 from __future__ import annotations
@@ -48,9 +54,19 @@ DEFAULTS: dict = {
                   "bright_threshold": 2900},
     "downlink": {"output": "downlink.bin", "sink": "auto", "baud": 115200, "max_packet_bytes": 1024,
                  "journal_capacity_bytes": 64 << 20, "segment_bytes": 1 << 20,
-                 "housekeeping_every": 10},
+                 "housekeeping_every": 10, "housekeeping_s": 60.0, "retransmit_s": 600.0},
     "data": {"dir": "edge-data"},
+    # Memory scrubber (edge/reliability/scrubber.py) over the weights in use ("owned" memory), the
+    # LUTs and the config: budget paces the scrub thread (docs/reliability.md derives the default).
+    "scrub": {"enabled": True, "budget_bytes_per_s": 512 * 1024, "block_bytes": 4096},
+    # Authenticated uplink (edge/uplink.py): no key file -> no uplink is read at all.
+    "uplink": {"input": None, "key_file": None, "spi": 1},
 }
+# [supervisor] and [watchdog]: their keys, defaults and checks live with the supervisor
+# (edge/reliability/supervisor.py SUPERVISOR_DEFAULTS, validate_settings).
+from edge.reliability.supervisor import SUPERVISOR_DEFAULTS as _SUP  # noqa: E402  (stdlib-only module)
+
+DEFAULTS.update(copy.deepcopy(_SUP))
 
 
 class ConfigError(ValueError):
@@ -107,6 +123,10 @@ class Config:
     screening: dict
     downlink: dict
     data: dict
+    scrub: dict
+    uplink: dict
+    supervisor: dict
+    watchdog: dict
     path: Path | None = None
 
     @property
@@ -136,7 +156,7 @@ def _merge(raw: dict) -> dict:
 def validate(raw: dict, path: Path | None = None) -> Config:
     """Check a parsed document (missing keys take their defaults); ConfigError names the key."""
     c = _merge(raw)
-    i, s, m, t, d, sc, dl, da = (c[k] for k in DEFAULTS)
+    i, s, m, t, d, sc, dl, da = (c[k] for k in list(DEFAULTS)[:8])
     i["source"] = _text(i["source"], "input.source", optional=True)
     _choice(i["kind"], "input.kind", INPUT_KINDS)
     _choice(i["layout"], "input.layout", ("HWC", "CHW"))
@@ -182,8 +202,29 @@ def validate(raw: dict, path: Path | None = None) -> Config:
     _int(dl["journal_capacity_bytes"], "downlink.journal_capacity_bytes", 4096)
     _int(dl["segment_bytes"], "downlink.segment_bytes", 1024)
     _int(dl["housekeeping_every"], "downlink.housekeeping_every", 1, 1_000_000)
+    _real(dl["housekeeping_s"], "downlink.housekeeping_s", 0.01, 86400)
+    _real(dl["retransmit_s"], "downlink.retransmit_s", 0, 86400 * 30)
     _text(da["dir"], "data.dir")
+    c.update(_validate_supervisor(c["supervisor"], c["watchdog"]))
+    sb = c["scrub"]
+    _bool(sb["enabled"], "scrub.enabled")
+    _real(sb["budget_bytes_per_s"], "scrub.budget_bytes_per_s", 1024, 1e10)
+    _int(sb["block_bytes"], "scrub.block_bytes", 64, 1 << 20)
+    if sb["block_bytes"] % 8:
+        raise ConfigError(f"scrub.block_bytes: must be a multiple of 8 (SECDED words), got {sb['block_bytes']}")
+    up = c["uplink"]
+    _text(up["input"], "uplink.input", optional=True)
+    _text(up["key_file"], "uplink.key_file", optional=True)
+    _int(up["spi"], "uplink.spi", 0, 65535)
+    if (up["input"] is None) != (up["key_file"] is None):
+        raise ConfigError("uplink.key_file: the uplink needs both input and key_file (or neither)")
     return Config(**c, path=path)
+
+
+def _validate_supervisor(supervisor: dict, watchdog: dict) -> dict:
+    from edge.reliability.supervisor import validate_settings
+
+    return validate_settings(supervisor, watchdog)
 
 
 def load_config(path) -> Config:
@@ -200,6 +241,27 @@ def load_config(path) -> Config:
     except tomllib.TOMLDecodeError as e:
         raise ConfigError(f"config: {p} is not valid TOML: {e}") from e
     return validate(raw, p)
+
+
+#: Uplinked config changes (accepted by the flight loop) live here, relative to data.dir.
+OVERRIDES_FILE = "state/config_overrides.json"
+
+
+def with_uplinked_overrides(cfg: Config) -> Config:
+    """cfg plus the config changes the ground uplinked (validated again; a file that no longer
+    validates is ignored and reported by the ConfigError the caller gets)."""
+    import json
+
+    path = cfg.data_dir / OVERRIDES_FILE
+    if not path.exists():
+        return cfg
+    try:
+        overrides = json.loads(path.read_text())
+        if not isinstance(overrides, dict):
+            raise ValueError("not an object")
+    except (OSError, ValueError) as e:
+        raise ConfigError(f"{OVERRIDES_FILE}: unreadable ({e})") from e
+    return apply_overrides(cfg, overrides)
 
 
 def default_config() -> Config:

@@ -116,11 +116,18 @@ class RunSummary:
                 "errors_total": self.errors_total, "first_record_s": self.first_record_s}
 
 
+class ModelLoadError(RuntimeError):
+    """The model cannot be used (manifest, sha256, runtime): the worker exits for safe mode."""
+
+
 class FlightLoop:
-    """The flight software's main job (see the module docstring). One instance per process run."""
+    """The flight software's main job (see the module docstring). One instance per process run.
+
+    safe_mode=True: no model is loaded and no frame is processed; housekeeping and the downlink of
+    what is journaled go on (run_safe)."""
 
     def __init__(self, cfg: Config, *, keep_results: bool = False, heartbeat=None,
-                 started_at: float | None = None):
+                 started_at: float | None = None, safe_mode: bool = False):
         from edge.backends import open_backend
         from edge.manifest import load_manifest
 
@@ -139,11 +146,51 @@ class FlightLoop:
         self._errors = collections.deque(maxlen=rec.MAX_ERRORS)
         self._frames_since_hk = 0
 
+        dl = cfg.downlink
+        self.journal = Journal(self.data_dir / "journal", capacity_bytes=dl["journal_capacity_bytes"],
+                               segment_bytes=dl["segment_bytes"])
+        self.packetizer = Packetizer(dl["max_packet_bytes"], state_path=self.state_dir / "packets")
+        self.sink = PacketSink.open(dl["output"], kind=dl["sink"], baud=dl["baud"])
+        # every live record up to this seq was handed to the radio (persisted: a restart does not
+        # resend what already went out; unacknowledged records are resent every retransmit_s)
+        self._sent = DurableCounter(self.state_dir / "sent_through", start=0)
+        self._sent_through = self._sent.value - 1
+        self._last_retransmit = time.monotonic()
+        self.safe_mode = safe_mode
+        self.stop_requested = False
+        self.scrubber = self.regions = None
+        self._scrub_events = collections.deque()   # appended by the scrub thread, drained here
+        self.unrecoverable = False                 # a protected block could not be restored
+        self.exit_action = None   # set when an uplinked command ends the run ("enter_safe_mode", ...)
+        self._open_uplink()
+
+        rep = self.journal.recovery
+        if getattr(rep, "dropped_bytes", 0) or getattr(rep, "corrupt_regions", None):
+            self.counters["journal_dropped_bytes"] += rep.dropped_bytes
+            self._event("journal_recovered", f"journal recovery dropped {rep.dropped_bytes} bytes in "
+                                             f"{len(rep.corrupt_regions)} region(s)")
+        for problem in (self.packetizer.state_error, self._sent.problem):
+            if problem:
+                self._event("input_error", f"downlink state: {problem}")
+
         m = cfg.model
-        self.model = load_manifest(m["manifest"]).model(m["name"])
-        self.variant = choose_variant(self.model, m["variant"], m["backend"])
-        self.file = self.model.file(self.variant)
-        self.backend = open_backend(self.model, self.variant, m["threads"], memory=m["memory"])
+        self.model = self.variant = self.file = self.backend = self.pipeline = None
+        self.model_id = b"\0" * rec.MODEL_ID_BYTES
+        if safe_mode:
+            self._event("started", f"orbit-edge boot {self.boot}: SAFE MODE (no inference; housekeeping "
+                                   f"and downlink of the journal go on)")
+            return
+        try:
+            self.model = load_manifest(m["manifest"]).model(m["name"])
+            self.variant = choose_variant(self.model, m["variant"], m["backend"])
+            self.file = self.model.file(self.variant)
+            self.backend = open_backend(self.model, self.variant, m["threads"], memory=m["memory"])
+        except Exception as e:  # manifest, sha256, runtime load: nothing can be inferred
+            self._event("model_error", f"model {m['name']}/{m['variant'] or 'auto'} unusable: {e}")
+            self.journal.sync()
+            self.downlink()
+            self.close(final=False)
+            raise ModelLoadError(str(e)) from e
         self.model_id = rec.model_id_of(self.file.sha256)
         d, sc, s = cfg.detection, cfg.screening, cfg.sensor
         self.pipeline = FramePipeline(
@@ -153,25 +200,42 @@ class FlightLoop:
             bit_depth=s["bit_depth"], gain=s["gain"], offset=s["offset"],
             screen=ScreenRule(sc["enabled"], sc["nodata_fraction"], sc["cloud_fraction"]),
             bright_threshold=sc["bright_threshold"])
-
-        dl = cfg.downlink
-        self.journal = Journal(self.data_dir / "journal", capacity_bytes=dl["journal_capacity_bytes"],
-                               segment_bytes=dl["segment_bytes"])
-        self.packetizer = Packetizer(dl["max_packet_bytes"], state_path=self.state_dir / "packets")
-        self.sink = PacketSink.open(dl["output"], kind=dl["sink"], baud=dl["baud"])
-        self._sent_through = -1  # every live record up to this seq went out in this run
-
         self._event("started", f"orbit-edge boot {self.boot}: {self.model.name}/{self.variant} "
                                f"({self.file.runtime}, memory {self.backend.memory}, "
                                f"{m['threads']} thread(s))")
-        rep = self.journal.recovery
-        if getattr(rep, "dropped_bytes", 0) or getattr(rep, "corrupt_regions", None):
-            self.counters["journal_dropped_bytes"] += rep.dropped_bytes
-            self._event("journal_recovered", f"journal recovery dropped {rep.dropped_bytes} bytes in "
-                                             f"{len(rep.corrupt_regions)} region(s)")
-        for problem in (self.packetizer.state_error,):
-            if problem:
-                self._event("input_error", f"packet counter state: {problem}")
+        self._start_scrubber()
+
+    # ---- memory scrubbing -------------------------------------------------------------------------
+    def _start_scrubber(self) -> None:
+        """Protect the weights in use, the LUTs and the config (edge/reliability/regions.py) and
+        start the paced scrub thread. Its events reach the journal from this thread (one writer)."""
+        sb = self.cfg.scrub
+        if not sb["enabled"]:
+            return
+        from edge.reliability.regions import protect_flight_loop
+
+        self.scrubber, self.regions = protect_flight_loop(
+            self, budget_bytes_per_s=sb["budget_bytes_per_s"], block_bytes=sb["block_bytes"],
+            on_event=self._scrub_events.append)
+        if not self.regions.weights_protected:
+            self.counters["weights_unprotected"] = 1
+            self._event("started", f"scrubber: weights unprotected ({self.backend.memory} memory: the "
+                                   f"runtime keeps its own copy); LUTs and config protected")
+
+    def _drain_scrub_events(self) -> None:
+        while self._scrub_events:
+            code, text = self._scrub_events.popleft()
+            self._event(code, text)
+            if code == "scrub_unrecoverable":
+                self.unrecoverable = True
+
+    def _scrub_counters(self) -> dict:
+        if self.scrubber is None:
+            return {}
+        c = self.scrubber.counters
+        return {"scrub_checked_bytes": c.checked_bytes, "scrub_corrected": c.corrected,
+                "scrub_restored": c.restored, "scrub_unrecoverable": c.unrecoverable,
+                "scrub_passes": c.passes}
 
     # ---- records ----------------------------------------------------------------------------------
     def _now_ms(self) -> int:
@@ -212,7 +276,11 @@ class FlightLoop:
         st = self.journal.stats()
         counters = dict(self.counters)
         counters.update(journal_records=st["records"], journal_bytes=st["bytes"],
-                        packets_sent=self.summary.packets, bytes_sent=self.summary.bytes_sent)
+                        packets_sent=self.summary.packets, bytes_sent=self.summary.bytes_sent,
+                        **self._scrub_counters())
+        from edge.reliability.supervisor import read_restart_count
+
+        counters["restarts"] = read_restart_count(self.data_dir)
         stage_us = {s: (int(np.median(v) * 1000), int(np.max(v) * 1000))
                     for s, v in self._stage_window.items() if v}
         payload = rec.encode_housekeeping(seq=self.journal.next_seq, time_ms=self._now_ms(),
@@ -225,15 +293,18 @@ class FlightLoop:
             v.clear()
         self._frames_since_hk = 0
 
-    def downlink(self) -> None:
-        """Send every live journaled record not yet sent in this run, in seq order."""
+    def downlink(self, force_retransmit: bool = False) -> None:
+        """Send every live journaled record not sent yet, in seq order; every retransmit_s seconds
+        (or when forced) the records sent but not acknowledged go out again."""
         t0 = time.perf_counter()
+        retransmit_s = self.cfg.downlink["retransmit_s"]
+        after = self._sent_through
+        if force_retransmit or (retransmit_s > 0 and time.monotonic() - self._last_retransmit >= retransmit_s):
+            after = None
+            self._last_retransmit = time.monotonic()
         out = []
-        for r in self.journal.pending(after=self._sent_through):
-            apid = APID_BY_KIND[r.kind]
-            packets = self.packetizer.packetize(r.payload, apid)
-            out.append((r, packets))
-            self._sent_through = r.seq
+        for r in self.journal.pending(after=after):
+            out.append((r, self.packetizer.packetize(r.payload, APID_BY_KIND[r.kind])))
         if out:
             # counters first: a crash after this point shows as a gap at the ground, never a reused count
             self.packetizer.save_state()
@@ -244,6 +315,10 @@ class FlightLoop:
                 if r.kind == rec.KIND_FRAME:
                     self.summary.frame_record_bytes += n
             self.sink.flush()
+            top = out[-1][0].seq
+            if top > self._sent_through:
+                self._sent_through = top
+                self._sent.set(top + 1)  # after the write: a crash in between resends (harmless)
         self._time("downlink", time.perf_counter() - t0)
 
     @property
@@ -272,8 +347,11 @@ class FlightLoop:
         fid = frame.frame_id
         try:
             meta = frame.meta
+            hb = self.heartbeat
+            if hb is not None and hasattr(hb, "beat"):  # a HeartbeatWriter: say which frame too
+                hb = lambda stage, _b=hb.beat, _f=fid or 0: _b(stage, _f)  # noqa: E731
             res = self.pipeline.process(frame.array, layout=frame.layout, bands=meta.get("bands"),
-                                        bit_depth=meta.get("bit_depth"), heartbeat=self.heartbeat)
+                                        bit_depth=meta.get("bit_depth"), heartbeat=hb)
         except (ValueError, TypeError, FrameError, OSError) as e:
             self._error("input_error", "input_errors", frame.name, e, fid)
             return False
@@ -308,6 +386,9 @@ class FlightLoop:
         return True
 
     def _after_frame(self) -> None:
+        self._drain_scrub_events()
+        if self.unrecoverable:
+            self.exit_action = "enter_safe_mode"
         self._frames_since_hk += 1
         if self._frames_since_hk >= self.cfg.downlink["housekeeping_every"]:
             self.housekeeping()
@@ -337,12 +418,24 @@ class FlightLoop:
         """Process the spool until it is empty (poll_s > 0: wait for more, until max_frames)."""
         spool = Spool(directory, self.state_dir)
         done = 0
-        while max_frames is None or done < max_frames:
+        last_hk = time.monotonic()
+        while (max_frames is None or done < max_frames) and not self.stop_requested:
+            if self.exit_action:
+                break
+            action = self.poll_uplink()
+            if action in ("enter_safe_mode", "restart"):
+                self.exit_action = action
+                break
             claim = spool.claim_next()
             if claim is None:
                 if poll_s <= 0:
                     break
                 self._beat("idle")
+                if time.monotonic() - last_hk >= self.cfg.downlink["housekeeping_s"]:
+                    self.housekeeping()
+                    self.journal.sync()
+                    last_hk = time.monotonic()
+                self.downlink()
                 time.sleep(poll_s)
                 continue
             done += 1
@@ -379,13 +472,116 @@ class FlightLoop:
             self.run_file(p)
         return self.summary
 
-    def close(self) -> None:
+    def run_safe(self, max_s: float | None = None, poll_s: float = 1.0) -> str:
+        """Safe mode: no inference. Housekeeping every housekeeping_s, the journal's records go down,
+        the uplink is read; returns why it ended: "stop" (SIGTERM / stop_requested), "leave" (an
+        authenticated leave-safe-mode command), or "timeout" (max_s elapsed)."""
+        t_end = None if max_s is None else time.monotonic() + max_s
+        hk_every = self.cfg.downlink["housekeeping_s"]
+        last_hk = -float("inf")
+        while not self.stop_requested:
+            self._beat("safe")
+            if self.poll_uplink() == "leave_safe_mode":
+                return "leave"
+            if time.monotonic() - last_hk >= hk_every:
+                self.housekeeping()
+                self.journal.sync()
+                last_hk = time.monotonic()
+            self.downlink()
+            if t_end is not None and time.monotonic() >= t_end:
+                return "timeout"
+            time.sleep(poll_s)
+        return "stop"
+
+    def _open_uplink(self) -> None:
+        up = self.cfg.uplink
+        self._uplink = None
+        if up["key_file"] is None:
+            return
+        from edge.uplink import UplinkReceiver, UplinkSource, load_key
+
+        try:
+            key = load_key(up["key_file"])
+            self._uplink = (UplinkSource(up["input"], offset_path=self.state_dir / "uplink_offset"),
+                            UplinkReceiver(key, self.state_dir / "uplink_arsn", spi=up["spi"]))
+        except (OSError, ValueError) as e:  # no uplink is safer than a wrong one: say so, go on
+            self.counters["config_errors"] += 1
+            self._event("config_error", f"uplink disabled: {e}")
+
+    def poll_uplink(self):
+        """Read the uplink and execute every authenticated command in it. Returns the name of a
+        command the caller must act on ("leave_safe_mode", "enter_safe_mode", "restart"), else None.
+        Rejected uplinks are counted (uplink_rejected) and reported as events; a forged or replayed
+        acknowledgement never frees a record (only Accepted commands reach the journal)."""
+        if self._uplink is None:
+            return None
+        source, receiver = self._uplink
+        try:
+            data = source.poll()
+        except OSError as e:
+            self._event("input_error", f"uplink read: {e}")
+            return None
+        if not data:
+            return None
+        results = receiver.feed(data)
+        source.commit(held_back=receiver.pending_bytes)
+        action = None
+        for r in results:
+            if not hasattr(r, "command"):   # Rejected
+                self.counters["uplink_rejected"] += 1
+                self._event("uplink_rejected", f"uplink rejected ({r.reason}) arsn {r.arsn}: {r.detail}")
+                continue
+            cmd = r.command
+            if cmd.name == "ack":
+                freed = self.acknowledge(cmd.seq_ranges())
+                log.info("uplink %d: ack freed %d record(s)", r.arsn, freed)
+            elif cmd.name in ("leave_safe_mode", "enter_safe_mode"):
+                self._event("safe_mode_left" if cmd.name == "leave_safe_mode" else "safe_mode_entered",
+                            f"uplink {r.arsn}: {cmd.name.replace('_', ' ')} commanded")
+                action = cmd.name
+            elif cmd.name == "set_config":
+                action = self._set_config(r.arsn, cmd.args) or action
+            else:  # question: the VLM task kind takes it; nothing here can answer it
+                self._event("input_error", f"uplink {r.arsn}: {cmd.name} not handled by this mission")
+        return action
+
+    def _set_config(self, arsn: int, args: dict):
+        """Validate an uplinked config change against the whole config; a valid one is persisted
+        (state/config_overrides.json) and applied by a restart of the worker."""
+        import json
+
+        from edge.config import ConfigError, apply_overrides
+
+        key, value = args.get("key"), args.get("value")
+        path = self.state_dir / "config_overrides.json"
+        try:
+            current = json.loads(path.read_text()) if path.exists() else {}
+            merged = {**current, key: value}
+            apply_overrides(self.cfg, merged)
+        except (ConfigError, ValueError) as e:
+            self.counters["config_errors"] += 1
+            self._event("config_error", f"uplink {arsn}: set_config refused: {e}")
+            return None
+        from edge.sources import atomic_write
+
+        atomic_write(path, json.dumps(merged, sort_keys=True).encode())
+        self._event("started", f"uplink {arsn}: config {key} = {value!r} accepted; restarting to apply")
+        return "restart"
+
+    def close(self, final: bool = True) -> None:
         """Final housekeeping and a stop event, everything journaled and sent; then close."""
-        self.housekeeping()
-        self._event("stopped", f"orbit-edge boot {self.boot}: {self.summary.frames_ok} frame(s) ok, "
-                               f"{self.summary.frames_failed} failed")
-        self.journal.sync()
-        self.downlink()
+        if getattr(self, "_closed", False):
+            return
+        self._closed = True
+        if self.scrubber is not None:
+            self.scrubber.stop()
+            self._drain_scrub_events()
+        if final:
+            self.housekeeping()
+            self._event("stopped", f"orbit-edge boot {self.boot}: {self.summary.frames_ok} frame(s) ok, "
+                                   f"{self.summary.frames_failed} failed")
+            self.journal.sync()
+            self.downlink()
         self.sink.close()
         self.journal.close()
 

@@ -152,8 +152,12 @@ def test_bad_model_and_single_file(tmp_path):
         loop.run(str(tmp_path / "one.npy"))
     records, _ = _records(tmp_path / "down.bin")
     assert [r.kind for r in records].count("frame") == 1
-    with pytest.raises(ValueError, match="backend"):
+    from edge.flight import ModelLoadError
+
+    with pytest.raises(ModelLoadError, match="backend"):
         FlightLoop(_cfg(tmp_path, **{"model.variant": "tflite_int8", "model.backend": "onnxruntime"}))
+    records, _ = _records(tmp_path / "down.bin")
+    assert records[-1].code == "model_error" and "backend" in records[-1].text
 
 
 def test_cli_run(tmp_path, spool, capsys):

@@ -424,7 +424,7 @@ def test_tables():
                          (spec.EVENT_CODES, spec.EVENT_NAMES)):
         assert {v: k for k, v in table.items()} == names and len(names) == len(table)  # no id twice
     assert sorted(spec.KEYS.values()) == list(range(20))
-    assert sorted(spec.COUNTERS.values()) == list(range(22))
+    assert sorted(spec.COUNTERS.values()) == list(range(24))
     assert sorted(spec.STAGES.values()) == list(range(11))
     assert sorted(spec.EVENT_CODES.values()) == list(range(1, 17))
     assert spec.PRIORITY_BY_KIND == {spec.KIND_FRAME: 2, spec.KIND_EVENT: 1, spec.KIND_HOUSEKEEPING: 0}

@@ -111,7 +111,7 @@ COUNTERS = {
     "journal_evicted": 9, "packets_sent": 10, "bytes_sent": 11, "input_errors": 12,
     "model_errors": 13, "restarts": 14, "scrub_checked_bytes": 15, "scrub_corrected": 16,
     "scrub_restored": 17, "scrub_unrecoverable": 18, "uplink_rejected": 19,
-    "journal_dropped_bytes": 20, "config_errors": 21,
+    "journal_dropped_bytes": 20, "config_errors": 21, "scrub_passes": 22, "weights_unprotected": 23,
 }
 COUNTER_NAMES = {v: k for k, v in COUNTERS.items()}
 

@@ -320,6 +320,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--json", action="store_true", help="print the summary as JSON")
     p.add_argument("--manifest", metavar="M", help="model manifest for class names")
     p.set_defaults(func=_stats)
+
+    from edge.ground.uplink import add_uplink_parsers  # ack, command: signed telecommands
+
+    add_uplink_parsers(sub)
     return parser
 
 
