@@ -16,7 +16,8 @@ export PIP_DISABLE_PIP_VERSION_CHECK := 1
 APT_PACKAGES := gcc-aarch64-linux-gnu g++-aarch64-linux-gnu libpython3.11-dev:arm64 python3.11 \
                 python3.11-venv python3.11-dev qemu-user-static mmdebstrap binfmt-support
 
-.PHONY: help deps-apt venv build wheel wheel-aarch64 rootfs-aarch64 test test-aarch64 bench models demo clean
+.PHONY: help deps-apt venv build wheel wheel-aarch64 rootfs-aarch64 test test-aarch64 bench models demo \
+        campaign clean
 
 help:
 	@echo "make demo           build, then run the flight loop + ground tool on the default scene"
@@ -25,6 +26,7 @@ help:
 	@echo "make wheel          x86_64 wheel into dist/"
 	@echo "make wheel-aarch64  cross-built manylinux aarch64 wheel into dist/"
 	@echo "make bench          benchmarks against peers -> bench/results.json, bench/RESULTS.md"
+	@echo "make campaign       the fault-injection campaigns at their full counts (~30 min) -> build/campaign-results.jsonl"
 	@echo "make models         retrain + export the shipped detectors (torch, slow; not needed by test/demo)"
 
 deps-apt:
@@ -81,6 +83,14 @@ bench: build $(VENV)/.stamp-bench
 
 models: build .venv-models/.stamp
 	.venv-models/bin/python -m models.build all
+
+# Fault-injection campaigns at the issue's full counts (make test runs the same tests at small counts).
+campaign: build
+	mkdir -p build && rm -f build/campaign-results.jsonl
+	EDGE_CAMPAIGN=full EDGE_CAMPAIGN_RESULTS=$(CURDIR)/build/campaign-results.jsonl \
+	  $(VPY) -m pytest -q -s -p no:cacheprovider tests/test_campaign_memory.py tests/test_campaign_journal.py \
+	  tests/test_campaign_ground.py tests/test_reliability_e2e.py $(PYTEST_ARGS)
+	@echo "campaign results: build/campaign-results.jsonl"
 
 # The main job on the bundled default scene: generate it, `edge run`, `edge-ground decode` + `render`,
 # then the figures (edge/demo.py). Outputs in demo-out/.

@@ -165,10 +165,12 @@ class FlightLoop:
         self._open_uplink()
 
         rep = self.journal.recovery
-        if getattr(rep, "dropped_bytes", 0) or getattr(rep, "corrupt_regions", None):
+        if not rep.clean:
             self.counters["journal_dropped_bytes"] += rep.dropped_bytes
             self._event("journal_recovered", f"journal recovery dropped {rep.dropped_bytes} bytes in "
-                                             f"{len(rep.corrupt_regions)} region(s)")
+                                             f"{len(rep.corrupt_regions)} region(s), "
+                                             f"{len(rep.torn_tails)} torn tail(s); records lost: "
+                                             f"{rep.missing_count + len(rep.damaged_seqs)}")
         for problem in (self.packetizer.state_error, self._sent.problem):
             if problem:
                 self._event("input_error", f"downlink state: {problem}")
@@ -216,7 +218,7 @@ class FlightLoop:
 
         self.scrubber, self.regions = protect_flight_loop(
             self, budget_bytes_per_s=sb["budget_bytes_per_s"], block_bytes=sb["block_bytes"],
-            on_event=self._scrub_events.append)
+            on_event=lambda code, text: self._scrub_events.append((code, text)))
         if not self.regions.weights_protected:
             self.counters["weights_unprotected"] = 1
             self._event("started", f"scrubber: weights unprotected ({self.backend.memory} memory: the "
@@ -565,6 +567,10 @@ class FlightLoop:
         from edge.sources import atomic_write
 
         atomic_write(path, json.dumps(merged, sort_keys=True).encode())
+        if self.safe_mode:  # stored; the normal worker started when safe mode ends applies it
+            self._event("started", f"uplink {arsn}: config {key} = {value!r} accepted; applies when "
+                                   f"safe mode ends")
+            return None
         self._event("started", f"uplink {arsn}: config {key} = {value!r} accepted; restarting to apply")
         return "restart"
 

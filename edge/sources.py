@@ -373,7 +373,8 @@ class Spool:
             return open_frame(claim.path, layout=layout, kind=kind, frame_id=claim.frame_id,
                               name=claim.name)
         except FrameError as e:  # name the file as it was uplinked, not its .active/ alias
-            raise FrameError(str(e).replace(f"{claim.frame_id:010d}.", "")) from None
+            text = str(e).replace(str(claim.path), claim.name).replace(f"{claim.frame_id:010d}.", "")
+            raise FrameError(text) from None
 
     def _finish(self, claim: Claim, sub: str) -> None:
         dest_dir = self.dir / sub

@@ -5,7 +5,7 @@ config changes, VLM questions) is executed only when it carries a valid MAC unde
 provisioned on the board and an anti-replay sequence number (ARSN) above every one accepted
 before: the authentication-only service of CCSDS SDLS (355.0-B-2), carried in a Space Packet.
 The ground side (signing, CLI) is edge/ground/uplink.py; the command map's normative spec is
-docs/uplink.cddl; the requirements UPL-nnn are listed in docs/reliability-uplink.md.
+docs/uplink.cddl; the requirements UPL-nnn are listed in docs/reliability.md.
 
 Stdlib + cbor2 only, like the rest of the flight side.
 

@@ -32,12 +32,12 @@ from edge.reliability.heartbeat import HeartbeatWriter
 log = logging.getLogger("edge.worker")
 
 
-def _config(args):
+def _config(args, uplinked: bool = True):
     from edge.config import apply_overrides, default_config, load_config, with_uplinked_overrides
 
     cfg = load_config(args.config) if args.config else default_config()
     cfg = apply_overrides(cfg, json.loads(args.overrides) if args.overrides else {})
-    return with_uplinked_overrides(cfg)
+    return with_uplinked_overrides(cfg) if uplinked else cfg
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -58,11 +58,20 @@ def main(argv: list[str] | None = None) -> int:
 
     from edge.config import ConfigError
 
+    config_problem = None
     try:
         cfg = _config(args)
     except (ConfigError, ValueError) as e:
         log.error("config error: %s", e)
-        return EXIT_CONFIG_ERROR
+        if not wa.safe_mode:
+            return EXIT_CONFIG_ERROR
+        # safe mode must reach the ground (housekeeping, downlink, uplink): without the uplinked
+        # changes that broke the config, the ground can still see it and send a fix
+        try:
+            cfg = _config(args, uplinked=False)
+        except (ConfigError, ValueError):
+            return EXIT_CONFIG_ERROR
+        config_problem = f"safe mode: uplinked config changes ignored: {e}"
     from edge.flight import FlightLoop, ModelLoadError
 
     stop = {"loop": None, "requested": False}
@@ -73,6 +82,9 @@ def main(argv: list[str] | None = None) -> int:
             stop["loop"].stop_requested = True
 
     signal.signal(signal.SIGTERM, on_term)
+    # Ctrl-C at a terminal reaches the whole process group: the supervisor stops the worker orderly
+    # (SIGTERM); a SIGINT here would be a crash with a traceback instead
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
     try:
         loop = FlightLoop(cfg, heartbeat=beat, started_at=t_start, safe_mode=wa.safe_mode)
     except ModelLoadError as e:
@@ -80,6 +92,9 @@ def main(argv: list[str] | None = None) -> int:
         return EXIT_MODEL_ERROR
     stop["loop"] = loop
     loop.stop_requested = stop["requested"]
+    if config_problem is not None:
+        loop.counters["config_errors"] += 1
+        loop._event("config_error", config_problem)
     if wa.safe_mode:
         reason = loop.run_safe()
         loop.close()

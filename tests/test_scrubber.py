@@ -1,6 +1,6 @@
 """The memory scrubber, its flight regions and the fault injector (edge/reliability/).
 
-Requirements (docs/reliability-scrubber.md) are named in each test's docstring: SCR-001 ... SCR-014.
+Requirements (docs/reliability.md) are named in each test's docstring: SCR-001 ... SCR-014.
 """
 from __future__ import annotations
 

@@ -1,5 +1,5 @@
 """Supervisor, heartbeat and watchdog (edge/reliability/): one test per numbered requirement of
-docs/reliability-supervisor.md (SUP-0xx, named in each docstring). Workers are tests/fake_worker.py
+docs/reliability.md (SUP-0xx, named in each docstring). Workers are tests/fake_worker.py
 driven by a plan; timeouts are tens to hundreds of ms."""
 from __future__ import annotations
 

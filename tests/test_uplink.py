@@ -1,7 +1,7 @@
 """Authenticated uplink: the board's receiver (edge/uplink.py) against the ground's signer
 (edge/ground/uplink.py), forged, replayed, truncated and reordered uplinks, the durable ARSN, key
 files, the command CDDL (docs/uplink.cddl, pycddl) and the CLI hooks. Requirements UPL-nnn:
-docs/reliability-uplink.md."""
+docs/reliability.md."""
 from __future__ import annotations
 
 import argparse

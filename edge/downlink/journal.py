@@ -184,11 +184,18 @@ class RecoveryReport:
     ignored_files: list = field(default_factory=list)     # names in the directory that are not ours
     evicted_on_open: int = 0          # live records over capacity at open (capacity lowered, or an
                                       # unsynced eviction lost in a power cut)
+    missing_seqs: list = field(default_factory=list)     # (lo, hi) inclusive: seqs below next_seq
+                                      # that are neither on disk nor acked / evicted: records lost
+                                      # without a trace in the bytes (a cut on a record boundary)
+
+    @property
+    def missing_count(self) -> int:
+        return sum(b - a + 1 for a, b in self.missing_seqs)
 
     @property
     def clean(self) -> bool:
         return not (self.damaged_seqs or self.dropped_bytes or self.torn_tails
-                    or self.corrupt_regions or self.ack_log_problems)
+                    or self.corrupt_regions or self.ack_log_problems or self.missing_seqs)
 
 
 @dataclass
@@ -363,6 +370,37 @@ def _merge_ranges(ranges: list) -> tuple[list, list]:
             starts.append(a)
             ends.append(b)
     return starts, ends
+
+
+def _missing_seqs(seq_limit: int, found, damaged, dead: tuple[list, list]) -> list:
+    """Inclusive ranges of seqs in [0, seq_limit) that are not on disk (found or damaged) and not
+    dead (acked, evicted) by the state log. Seqs are handed out contiguously and the high-water mark
+    is durable, so such a seq is a record that vanished without leaving bytes to report: e.g. a
+    segment cut exactly on a record boundary. Interval arithmetic: cost ~ records + dead ranges."""
+    present = sorted(set(found) | set(damaged))
+    starts, ends = dead
+    holes, prev = [], -1
+    for seq in present + [seq_limit]:
+        if seq > prev + 1:
+            holes.append((prev + 1, seq - 1))
+        prev = max(prev, seq)
+    out = []
+    for lo, hi in holes:   # subtract the dead ranges
+        i = max(0, bisect.bisect_right(starts, lo) - 1)
+        cur = lo
+        while cur <= hi:
+            if i < len(starts) and starts[i] <= cur <= ends[i]:
+                cur = ends[i] + 1
+                i += 1
+                continue
+            nxt = starts[i] if i < len(starts) and starts[i] > cur else None
+            while nxt is None and i < len(starts) and ends[i] < cur:
+                i += 1
+                nxt = starts[i] if i < len(starts) and starts[i] > cur else None
+            end = hi if nxt is None else min(hi, nxt - 1)
+            out.append((cur, end))
+            cur = end + 1
+    return out
 
 
 def _range_len(r: range) -> int:
@@ -1012,6 +1050,12 @@ class Journal:
         for seq in sorted(found):
             self._live_add(seq, found[seq])
         report.duplicates = report.records_scanned - dead_entries - len(found)
+        report.missing_seqs = _missing_seqs(seq_limit, found, report.damaged_seqs, dead)
+        # lost records are reported once: from now on they are known dead (a damaged record's
+        # bytes may be trimmed away as a torn tail, and it would come back as "missing")
+        lost = report.missing_seqs + [(seq, seq) for seq in report.damaged_seqs if seq not in found]
+        for a, b in lost:
+            self._state_write(_state_entry(OP_DEAD, a, b))
         for segment in list(self._segments.values()):
             if segment.live_count == 0:
                 self._delete_segment(segment)

@@ -36,7 +36,7 @@ on_event(code, text); counters always count, events are rate-limited: per region
 first occurrence in a pass is reported at once and any further ones in one summary event when that
 region's pass ends (at most two events per region and code per pass). on_event is called from the
 thread that scrubs (the scrub thread, once started): a caller that journals events must hand them
-to its own thread. See docs/reliability-scrubber.md for the requirements and the default period.
+to its own thread. See docs/reliability.md for the requirements and the default period.
 """
 from __future__ import annotations
 
@@ -60,7 +60,7 @@ WORD_BYTES = 8
 BLOCK_BYTES = 4096
 #: Default scrub budget: 512 KiB/s walks the ship model's protected memory (weights + LUT + config,
 #: 466-502 KB) about once a second, well inside the period the double-upset target allows
-#: (T_max ~3.3 s; docs/reliability-scrubber.md), at 0.06-0.2 % of one core on the dev machine.
+#: (T_max ~3.3 s; docs/reliability.md), at 0.06-0.2 % of one core on the dev machine.
 DEFAULT_BUDGET_BYTES_PER_S = 512 * 1024
 #: The scrub thread works in chunks of about this many seconds' worth of budget, then sleeps.
 CHUNK_S = 0.05

@@ -360,8 +360,9 @@ class Supervisor:
             log.warning("supervisor.backoff_cap_s (%s) > the watchdog timeout (%s): a long backoff "
                         "after a failure may end in a watchdog reset", s["backoff_cap_s"], wd_timeout)
         if getattr(watchdog, "hardware", True) is False:
-            self._event("watchdog", f"no hardware watchdog ({getattr(watchdog, 'reason', '?')}): "
-                                    f"software fallback, timeout {wd_timeout} s")
+            # the verdict first: an event text is cut at 160 bytes, and the reason can be long
+            self._event("watchdog", f"no hardware watchdog: software fallback, timeout {wd_timeout} s "
+                                    f"({getattr(watchdog, 'reason', '?')})")
 
     # ---- public -----------------------------------------------------------------------------------
     @property

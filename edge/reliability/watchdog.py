@@ -85,7 +85,13 @@ class HardwareWatchdog:
         self._fd = os.open(self.path, os.O_WRONLY | os.O_CLOEXEC)   # arms the timer
         self.timeout_error = None
         try:
-            self._query_support()
+            if not self._query_support():
+                # a regular file or another character device (a wrong path, /dev/null) opens too: it
+                # must not pass for a hardware watchdog; the Linux watchdog core answers GETSUPPORT
+                # for every driver
+                os.close(self._fd)
+                self._fd = None
+                raise OSError(errno.ENOTTY, "not a watchdog device (no answer to WDIOC_GETSUPPORT)")
             if timeout_s is not None:
                 try:
                     self.set_timeout(timeout_s)
@@ -101,15 +107,16 @@ class HardwareWatchdog:
         log.info("watchdog %s (%s): armed, timeout %s s", self.path, self.identity or "unknown driver",
                  self.timeout_s)
 
-    def _query_support(self) -> None:
+    def _query_support(self) -> bool:
         buf = bytearray(_SIZEOF_WATCHDOG_INFO)
         try:
             fcntl.ioctl(self._fd, WDIOC_GETSUPPORT, buf, True)
         except OSError as e:  # optional for drivers: go on without it
             log.debug("watchdog %s: WDIOC_GETSUPPORT: %s", self.path, e)
-            return
+            return False
         self.options, _fw, ident = struct.unpack(WATCHDOG_INFO_FORMAT, buf)
         self.identity = ident.split(b"\0", 1)[0].decode("ascii", "replace") or None
+        return True
 
     def set_timeout(self, timeout_s: float) -> int:
         """WDIOC_SETTIMEOUT (whole seconds, at least 1); returns what the driver set."""
