@@ -36,6 +36,8 @@ from pathlib import Path
 
 import numpy as np
 
+from edge.durable import atomic_write, fsync_dir
+
 RAW_SUFFIXES = (".raw", ".bin")
 NPY_SUFFIXES = (".npy",)
 IMAGE_SUFFIXES = (".png", ".tif", ".tiff")
@@ -283,25 +285,6 @@ class DurableCounter:
         self.path.parent.mkdir(parents=True, exist_ok=True)
         payload = struct.pack("<Q", self.value)
         atomic_write(self.path, payload + struct.pack("<I", zlib.crc32(payload)))
-
-
-def fsync_dir(path: Path) -> None:
-    fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-
-
-def atomic_write(path: Path, data: bytes) -> None:
-    """Replace `path` with `data` so that a power cut leaves either the old or the new content."""
-    tmp = path.with_name(path.name + ".tmp")
-    with open(tmp, "wb") as f:
-        f.write(data)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
-    fsync_dir(path.parent)
 
 
 # ---- spool ---------------------------------------------------------------------------------------------

@@ -44,6 +44,8 @@ import os
 import stat
 import struct
 
+from edge.durable import atomic_write
+
 #: CCSDS primary header: packet id (2), sequence control (2), data length (2).
 PRIMARY_HEADER_LEN = 6
 #: Packet error control: CRC-16 after the segment, inside the data field.
@@ -56,6 +58,7 @@ CCSDS_MAX_PACKET_BYTES = PRIMARY_HEADER_LEN + (1 << 16)
 MIN_PACKET_BYTES = PRIMARY_HEADER_LEN + 1 + PEC_LEN
 #: downlink.max_packet_bytes when the config does not say.
 DEFAULT_MAX_PACKET_BYTES = 1024
+
 
 #: Sequence flags (2 bits): where the packet's segment sits in its record.
 SEQ_CONTINUATION = 0b00
@@ -178,7 +181,7 @@ class Packetizer:
         for apid in sorted(self._next):
             blob += _STATE_ENTRY.pack(apid, self._next[apid])
         blob += _PEC.pack(crc16_ccitt(blob))
-        _write_atomic(self.state_path, bytes(blob))
+        atomic_write(self.state_path, bytes(blob))
 
 
 def _load_state(path: str) -> tuple[dict[int, int], str | None]:
@@ -215,41 +218,6 @@ def _load_state(path: str) -> tuple[dict[int, int], str | None]:
             return bad(f"entry {i} (APID {apid}, count {count}) is out of range or repeated")
         counters[apid] = count
     return counters, None
-
-
-def _write_atomic(path: str, blob: bytes) -> None:
-    """Write tmp in the same directory (same file system, so os.replace is atomic), fsync it,
-    replace, then fsync the directory so the rename itself survives a power cut."""
-    directory = os.path.dirname(os.path.abspath(path))
-    tmp = os.path.join(directory, f".{os.path.basename(path)}.tmp")
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644)
-    try:
-        try:
-            _write_all(fd, blob)
-            os.fsync(fd)
-        finally:
-            os.close(fd)
-        os.replace(tmp, path)
-    except BaseException:
-        try:
-            os.unlink(tmp)
-        except OSError:
-            pass
-        raise
-    dfd = os.open(directory, os.O_RDONLY)
-    try:
-        os.fsync(dfd)
-    finally:
-        os.close(dfd)
-
-
-def _write_all(fd: int, data) -> int:
-    """os.write until everything is out (pipes and ttys may take part of a buffer)."""
-    view = memoryview(data)
-    done = 0
-    while done < len(view):
-        done += os.write(fd, view[done:])
-    return done
 
 
 # ---------------------------------------------------------------------------------------------

@@ -274,17 +274,9 @@ def _command(args) -> int:
     return 0
 
 
-def _uint(text: str) -> int:
-    try:
-        value = int(text)
-    except ValueError:
-        value = -1
-    if value < 0:
-        raise argparse.ArgumentTypeError(f"must be an integer >= 0, got {text!r}")
-    return value
-
-
 def _signing_options() -> argparse.ArgumentParser:
+    from edge.ground.cli import _uint  # the CLI's own argument type (imported late: no cycle)
+
     p = argparse.ArgumentParser(add_help=False)
     p.add_argument("--key", required=True, metavar="K", help="uplink key file (edge keygen)")
     p.add_argument("--counter", required=True, metavar="F",
@@ -301,6 +293,8 @@ def _signing_options() -> argparse.ArgumentParser:
 
 def add_uplink_parsers(subparsers):
     """Adds `ack` and `command` (with leave-safe-mode, enter-safe-mode, set-config, question)."""
+    from edge.ground.cli import _uint
+
     common = _signing_options()
     p = subparsers.add_parser("ack", parents=[common],
                               help="acknowledge every record of a stream or records.jsonl (signed)")
