@@ -14,10 +14,13 @@ export PIP_DISABLE_PIP_VERSION_CHECK := 1
 # Debian packages: cross compiler + arm64 Python headers (wheel-aarch64), Debian's own python3.11
 # with venv (its sysconfigdata drives the cross build), qemu-user + mmdebstrap (arm64 rootfs tests).
 APT_PACKAGES := gcc-aarch64-linux-gnu g++-aarch64-linux-gnu libpython3.11-dev:arm64 python3.11 \
-                python3.11-venv python3.11-dev qemu-user-static mmdebstrap binfmt-support
+                python3.11-venv python3.11-dev qemu-user-static mmdebstrap binfmt-support \
+                qemu-system-arm kmod cpio
+# (the flight board's kernel and busybox are arm64 packages fetched with apt-get download by
+#  firmware_sim/image.py, not installed on the host)
 
 .PHONY: help deps-apt venv build wheel wheel-aarch64 rootfs-aarch64 test test-aarch64 bench models demo \
-        campaign clean
+        campaign sim sim-shell clean
 
 help:
 	@echo "make demo           build, then run the flight loop + ground tool on the default scene"
@@ -27,6 +30,8 @@ help:
 	@echo "make wheel-aarch64  cross-built manylinux aarch64 wheel into dist/"
 	@echo "make bench          benchmarks against peers -> bench/results.json, bench/RESULTS.md"
 	@echo "make campaign       the fault-injection campaigns at their full counts (~30 min) -> build/campaign-results.jsonl"
+	@echo "make sim            the QEMU arm64 flight board: every scenario (SCENARIO=name for one)"
+	@echo "make sim-shell      boot the emulated flight board to a shell"
 	@echo "make models         retrain + export the shipped detectors (torch, slow; not needed by test/demo)"
 
 deps-apt:
@@ -83,6 +88,14 @@ bench: build $(VENV)/.stamp-bench
 
 models: build .venv-models/.stamp
 	.venv-models/bin/python -m models.build all
+
+# The emulated flight board (firmware_sim/): image built or reused, then the scenarios.
+SIM_ARGS := $(if $(SCENARIO),--scenario $(SCENARIO),)
+sim: build deps-apt wheel-aarch64
+	$(VPY) -m firmware_sim.sim $(SIM_ARGS)
+
+sim-shell: build deps-apt wheel-aarch64
+	$(VPY) -m firmware_sim.sim --shell
 
 # Fault-injection campaigns at the issue's full counts (make test runs the same tests at small counts).
 campaign: build

@@ -7,7 +7,7 @@ as overrides (`apply_overrides`) and validates the result the same way.
 
     [input]      source (file or spool directory), kind, layout, poll_s
     [sensor]     bit_depth, bands (source band of each model channel), gain, offset
-    [model]      name, variant, backend, threads, memory, manifest
+    [model]      name, variant, backend, threads, memory, manifest, kernels (LiteRT)
     [tiling]     overlap, batch
     [detection]  score_threshold, iou_threshold, merge, metric, max_detections
     [screening]  enabled, nodata_fraction, cloud_fraction, bright_threshold
@@ -38,6 +38,9 @@ BACKENDS = ("auto", "onnxruntime", "litert")
 #: buffers orbit-edge owns (ONNX Runtime: add_initializer, no prepacking; LiteRT: the model bytes in
 #: place, no XNNPACK), the memory the scrubber protects.
 MEMORY_MODES = ("copy", "owned")
+#: LiteRT kernels: "optimized" (the builtin ones, fastest without a delegate) or "reference" (portable
+#: integer C++: bit-identical on every CPU, ~4x slower; for comparing boards).
+KERNELS = ("optimized", "reference")
 MERGE_MODES = ("nms", "nmm")
 METRICS = ("iou", "ios")
 SINKS = ("auto", "file", "fifo", "serial")
@@ -46,7 +49,7 @@ DEFAULTS: dict = {
     "input": {"source": None, "kind": "auto", "layout": "HWC", "poll_s": 0.0},
     "sensor": {"bit_depth": 12, "bands": [2, 1, 0], "gain": None, "offset": 0.0},
     "model": {"name": "ship", "variant": None, "backend": "auto", "threads": 1, "memory": "copy",
-              "manifest": None},
+              "manifest": None, "kernels": "optimized"},
     "tiling": {"overlap": 32, "batch": 16},
     "detection": {"score_threshold": None, "iou_threshold": 0.5, "merge": "nms", "metric": "iou",
                   "max_detections": 2000},
@@ -183,6 +186,7 @@ def validate(raw: dict, path: Path | None = None) -> Config:
     _int(m["threads"], "model.threads", 1, 64)
     _choice(m["memory"], "model.memory", MEMORY_MODES)
     _text(m["manifest"], "model.manifest", optional=True)
+    _choice(m["kernels"], "model.kernels", KERNELS)
     _int(t["overlap"], "tiling.overlap", 0, 4096)
     _int(t["batch"], "tiling.batch", 1, 1024)
     if d["score_threshold"] is not None:

@@ -186,7 +186,12 @@ class FlightLoop:
             self.model = load_manifest(m["manifest"]).model(m["name"])
             self.variant = choose_variant(self.model, m["variant"], m["backend"])
             self.file = self.model.file(self.variant)
-            self.backend = open_backend(self.model, self.variant, m["threads"], memory=m["memory"])
+            options = {"reference_kernels": True} if m["kernels"] == "reference" else {}
+            if options and self.file.runtime != "litert":
+                raise ValueError(f"model.kernels = 'reference' is a LiteRT mode; {self.variant} runs on "
+                                 f"{self.file.runtime}")
+            self.backend = open_backend(self.model, self.variant, m["threads"], memory=m["memory"],
+                                        **options)
         except Exception as e:  # manifest, sha256, runtime load: nothing can be inferred
             self._event("model_error", f"model {m['name']}/{m['variant'] or 'auto'} unusable: {e}")
             self.journal.sync()

@@ -712,6 +712,7 @@ class UplinkSource:
         self._ident: tuple[int, int] | None = None
         self._read = 0          # offset of the next byte to read (file)
         self._committed = 0     # durable offset (file)
+        requested = kind
         if kind == "auto":
             try:
                 mode = os.stat(self.path).st_mode
@@ -730,9 +731,14 @@ class UplinkSource:
             code = _baud_code(baud)
             fd = os.open(self.path, os.O_RDONLY | os.O_NONBLOCK | os.O_NOCTTY)
             try:
-                if not os.isatty(fd):
+                if os.isatty(fd):
+                    _configure_raw(fd, code)
+                elif requested == "auto":
+                    # a character device that is no terminal (a virtio-serial port of a radio): a
+                    # byte stream like a FIFO, read without blocking, no line settings
+                    self.kind = "stream"
+                else:
                     raise ValueError(f"uplink serial device {self.path} is not a terminal device")
-                _configure_raw(fd, code)
             except BaseException:
                 os.close(fd)
                 raise

@@ -786,3 +786,17 @@ def test_cli_usage_errors(tmp_path, capsys):
         with pytest.raises(UsageError):
             args.func(args)
     assert not out.exists()
+
+
+def test_upl_source_on_a_character_device_that_is_no_terminal():
+    """UPL-008 (source): a virtio-serial radio port is a character device but no tty: auto mode reads
+    it as a non-blocking byte stream (no line settings); asking for "serial" still needs a tty."""
+    from edge.uplink import UplinkSource
+
+    src = UplinkSource("/dev/zero")
+    try:
+        assert src.kind == "stream" and src.poll()[:4] == b"\0\0\0\0"
+    finally:
+        src.close()
+    with pytest.raises(ValueError, match="not a terminal"):
+        UplinkSource("/dev/zero", kind="serial")

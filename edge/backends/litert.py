@@ -23,11 +23,18 @@ from edge.heads import dequantize
 
 
 class LiteRTBackend(Backend):
-    def __init__(self, model, file, threads: int, xnnpack: bool = False):
+    def __init__(self, model, file, threads: int, xnnpack: bool = False, reference_kernels: bool = False):
         super().__init__(model, file, threads)
         self._blob = file.read_bytes()  # verified; the interpreter reads weights from it: keep it
+        if xnnpack and reference_kernels:
+            raise ValueError("litert: reference_kernels and xnnpack exclude each other")
+        # The optimized builtin kernels round their requantization differently on x86 and ARM (and
+        # from the reference kernels): 1-4 steps on a few cells. The reference kernels are portable
+        # integer C++, bit-identical on every CPU (about 4x slower): the mode to compare boards.
         resolver = (OpResolverType.AUTO if xnnpack
+                    else OpResolverType.BUILTIN_REF if reference_kernels
                     else OpResolverType.BUILTIN_WITHOUT_DEFAULT_DELEGATES)
+        self.kernels = "xnnpack" if xnnpack else "reference" if reference_kernels else "optimized"
         self.interpreter = Interpreter(model_content=self._blob, num_threads=threads,
                                        experimental_op_resolver_type=resolver)
         self.interpreter.allocate_tensors()
