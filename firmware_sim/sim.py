@@ -264,6 +264,9 @@ def sc_watchdog_reset(images, work: Path) -> Outcome:
     text = board.serial_text()
     out.check("SIGSTOP supervisor" in text, "the supervisor was stopped inside the guest")
     out.check(board.boots() == 2, f"the watchdog reset the board: boot 2 in the serial log ({board.boots()})")
+    first = text.split("orbit-init: boot 2")[0]
+    out.check("orbit-init: poweroff" not in first and "edge run exited" not in first,
+              "boot 1 ended in a reset, not in an orderly power-off")
     out.figures["resets"] = board.boots() - 1
     board.stop_ground()
     return out
