@@ -123,6 +123,157 @@ def _supervised(args, cfg, overrides) -> int:
     return rc
 
 
+# ---- edge vlm (the ground bench's face of the on-board VLM: edge/vlm/) ---------------------------
+
+#: Picture files the bench reads with Pillow as they are (8-bit RGB after convert); every other frame
+#: file goes through edge.sources.open_frame and edge.vlm.tasks.to_rgb8 with the [sensor] settings.
+PICTURE_SUFFIXES = (".png", ".jpg", ".jpeg", ".tif", ".tiff")
+
+
+class _VlmUsage(ValueError):
+    """A problem `edge vlm` reports in one line with exit code 2."""
+
+
+def _vlm_image(path: str, sensor: dict | None):
+    """FILE -> (H, W, 3) uint8 RGB: 8-bit pictures (PNG / JPEG / TIFF) by Pillow; 16-bit or
+    multiband pictures and sensor frames (.raw + sidecar, .npy) by open_frame + to_rgb8."""
+    from pathlib import Path
+
+    import numpy as np
+
+    from edge.sources import FrameError, open_frame
+    from edge.vlm.tasks import to_rgb8
+
+    p = Path(path)
+    if not p.is_file():
+        raise _VlmUsage(f"--image {path}: no such file")
+    if p.suffix.lower() in PICTURE_SUFFIXES:
+        from PIL import Image, UnidentifiedImageError
+        try:
+            with Image.open(p) as im:
+                if im.mode in ("RGB", "RGBA", "L", "P", "LA", "CMYK", "YCbCr", "1"):
+                    return np.asarray(im.convert("RGB"))
+        except (UnidentifiedImageError, OSError, ValueError, SyntaxError) as e:
+            raise _VlmUsage(f"--image {p.name}: not a readable image: {e}") from None
+    try:
+        frame = open_frame(p)
+    except FrameError as e:
+        raise _VlmUsage(f"--image {e}") from None
+    return to_rgb8(frame.array, sensor, layout=frame.layout)
+
+
+def _vlm_model(args):
+    from edge.vlm.model import VlmModel
+
+    return VlmModel(args.model, variant=args.variant, threads=args.threads)
+
+
+def _vlm_run(args, fn) -> int:
+    """Run an `edge vlm` command: a bad argument, model or image is one line on stderr, exit 2."""
+    try:
+        return fn(args)
+    except (ValueError, OSError, ImportError) as e:   # VlmModelError, TaskError, FrameError, ConfigError
+        text = " ".join(str(e).split()) or type(e).__name__
+        print(f"edge vlm {args.vlm_command}: {text}", file=sys.stderr)
+        return 2
+
+
+def _vlm_info(args) -> int:
+    model = _vlm_model(args)
+    report = model.describe()
+    from edge.vlm.tasks import vlm_model_id
+
+    report["model_id"] = vlm_model_id(model).hex()
+    print(json.dumps(report, indent=2, default=str))
+    return 0
+
+
+def _vlm_ask(args) -> int:
+    import time
+
+    from edge.config import DEFAULTS, ConfigError, default_config, load_config
+    from edge.vlm.tasks import run_task
+
+    cfg = load_config(args.config) if args.config else default_config()
+    v = dict(cfg.vlm)
+    for key in ("tile", "overlap", "max_tiles", "image_max_side", "max_new_tokens"):
+        if getattr(args, key) is not None:
+            v[key] = getattr(args, key)
+    if args.deadline is not None:
+        v["deadline_s"] = args.deadline
+    for key in ("tile", "overlap", "max_tiles", "image_max_side", "max_new_tokens"):
+        if not isinstance(v[key], int) or v[key] < (0 if key == "overlap" else 1):
+            raise ConfigError(f"--{key.replace('_', '-')}: must be a positive integer, got {v[key]}")
+    if not v["deadline_s"] > 0:
+        raise ConfigError(f"--deadline: must be a positive number of seconds, got {v['deadline_s']}")
+    task = args.task or DEFAULTS["vlm"]["task"]
+    if task == "vqa" and not args.question:
+        raise _VlmUsage("--question: a vqa question needs its text (or choose --task caption)")
+    # the [sensor] bands / bit depth of a mission config; without one, to_rgb8's defaults (the ground
+    # renderer's bands for the frame's band count, a percentile stretch)
+    image = _vlm_image(args.image, cfg.sensor if args.config else None)
+    t0 = time.perf_counter()
+    model = _vlm_model(args)
+    load_s = time.perf_counter() - t0
+    out = run_task(model, image, task, args.question, tile=v["tile"], overlap=v["overlap"],
+                   max_tiles=v["max_tiles"], image_max_side=v["image_max_side"],
+                   max_new_tokens=v["max_new_tokens"], deadline_s=float(v["deadline_s"]),
+                   merge_threshold=v["merge_threshold"])
+    boxes = []
+    if out.boxes is not None:
+        for box, cid in zip(out.boxes.tolist(), out.class_ids.tolist()):
+            boxes.append({"label": out.labels[cid] if cid < len(out.labels) else str(cid),
+                          "bbox": [round(float(x), 1) for x in box]})
+    report = {"task": task, "question": args.question, "text": out.text, "tokens": out.tokens,
+              "stop": out.stop, "timings_ms": out.timings, "load_s": round(load_s, 3),
+              "image_hw": list(image.shape[:2]), "tiles": out.tiles, "rejected": out.rejected,
+              "skipped": out.skipped, "errors": list(out.errors)}
+    if task == "grounding":
+        report["boxes"] = boxes
+    if args.json:
+        print(json.dumps(report, ensure_ascii=False))
+        return 0
+    print(f"answer: {out.text}")
+    if task == "grounding":
+        print(f"boxes ({len(boxes)}, image pixels x1 y1 x2 y2):")
+        for b in boxes:
+            print(f"  {b['label']}: " + " ".join(f"{x:.1f}" for x in b["bbox"]))
+    t = out.timings
+    print(f"tokens: {out.tokens}, stop: {out.stop}, tiles: {out.tiles}; ms: vision {t.get('vision', 0)}, "
+          f"prefill {t.get('prefill', 0)}, decode {t.get('decode', 0)} (model load {load_s:.2f} s)")
+    for err in out.errors:
+        print(f"note: {err}")
+    return 0
+
+
+def _add_vlm_parser(sub) -> None:
+    vlm = sub.add_parser("vlm", help="the on-board vision-language model on the ground bench")
+    vsub = vlm.add_subparsers(dest="vlm_command", required=True, metavar="COMMAND")
+    common = argparse.ArgumentParser(add_help=False)
+    common.add_argument("--model", required=True, metavar="DIR",
+                        help="the LFM2-VL-family ONNX export's directory")
+    common.add_argument("--variant", choices=["fp32", "fp16", "q8", "q4", "q4f16"],
+                        help="graph variant (default: the best that exists: q8, fp32, fp16, q4)")
+    common.add_argument("--threads", type=int, default=2, help="ONNX Runtime threads (default 2)")
+    info = vsub.add_parser("info", parents=[common], help="the model's files, variants and shapes (JSON)")
+    info.set_defaults(func=lambda a: _vlm_run(a, _vlm_info))
+    ask = vsub.add_parser("ask", parents=[common], help="ask one question about one image")
+    ask.add_argument("--image", required=True, metavar="FILE",
+                     help="PNG / JPEG / TIFF, or a sensor frame (.raw + sidecar, .npy)")
+    ask.add_argument("--question", metavar="TEXT", help="the question (grounding: what to find)")
+    ask.add_argument("--task", choices=["vqa", "caption", "grounding"], help="default vqa")
+    ask.add_argument("--max-new-tokens", type=int, help="default: [vlm] max_new_tokens (256)")
+    ask.add_argument("--deadline", type=float, metavar="S", help="seconds per answer (default 60)")
+    ask.add_argument("--tile", type=int, help="grounding tile side (default 512)")
+    ask.add_argument("--overlap", type=int, help="grounding tile overlap (default 64)")
+    ask.add_argument("--max-tiles", type=int, help="grounding tiles at most (default 16)")
+    ask.add_argument("--image-max-side", type=int, help="VQA / caption image side (default 512)")
+    ask.add_argument("--config", help="mission config: [sensor] bands / bit depth for sensor frames, "
+                                      "[vlm] defaults")
+    ask.add_argument("--json", action="store_true", help="one JSON object instead of text")
+    ask.set_defaults(func=lambda a: _vlm_run(a, _vlm_ask))
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="edge", description="orbit-edge flight runtime")
     sub = parser.add_subparsers(dest="command", required=True)
@@ -169,6 +320,7 @@ def main(argv: list[str] | None = None) -> int:
 
     add_inject_parser(sub)
     add_keygen_parser(sub)
+    _add_vlm_parser(sub)
     args = parser.parse_args(argv)
     return args.func(args)
 

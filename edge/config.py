@@ -18,6 +18,11 @@ as overrides (`apply_overrides`) and validates the result the same way.
     [scrub]      enabled, budget_bytes_per_s, block_bytes
     [uplink]     input (file, FIFO or serial device the ground's telecommands arrive on), key_file
                  (the board's HMAC key, `edge keygen`), spi
+    [vlm]        enabled, model_dir, variant, threads, max_new_tokens, deadline_s (per answer), tile,
+                 overlap, max_tiles (grounding over a frame), image_max_side (VQA / captions), task
+                 (task of uplinked questions and of the standing question), question (standing
+                 question asked of every frame; none: only queued / uplinked questions),
+                 merge_threshold (IoS of the cross-tile merge)  (edge/vlm/service.py, docs/vlm.md)
     [supervisor] stage deadlines, restart backoff, safe mode (edge/reliability/supervisor.py)
     [watchdog]   device, timeout_s, pet_interval_s
 The defaults are the demo's: the shipped int8 ship model on 12-bit B, G, R, NIR frames.
@@ -44,6 +49,11 @@ KERNELS = ("optimized", "reference")
 MERGE_MODES = ("nms", "nmm")
 METRICS = ("iou", "ios")
 SINKS = ("auto", "file", "fifo", "serial")
+#: On-board vision-language model ([vlm]): tasks and the ONNX export's variants (edge/vlm).
+VLM_TASKS = ("grounding", "vqa", "caption")
+VLM_VARIANTS = ("fp32", "fp16", "q8", "q4", "q4f16")  # edge.vlm.model.VARIANT_ORDER
+#: A question's text: the uplink's limit (edge.uplink.MAX_QUESTION_TEXT_BYTES), for every source.
+MAX_VLM_QUESTION_BYTES = 800
 
 DEFAULTS: dict = {
     "input": {"source": None, "kind": "auto", "layout": "HWC", "poll_s": 0.0},
@@ -64,6 +74,11 @@ DEFAULTS: dict = {
     "scrub": {"enabled": True, "budget_bytes_per_s": 512 * 1024, "block_bytes": 4096},
     # Authenticated uplink (edge/uplink.py): no key file -> no uplink is read at all.
     "uplink": {"input": None, "key_file": None, "spi": 1},
+    # On-board VLM (edge/vlm): answers uplinked / queued questions after the frames. Off by default;
+    # the detector-only flight path never imports edge.vlm.
+    "vlm": {"enabled": False, "model_dir": None, "variant": None, "threads": 2,
+            "max_new_tokens": 256, "deadline_s": 60.0, "tile": 512, "overlap": 64, "max_tiles": 16,
+            "image_max_side": 512, "task": "vqa", "question": None, "merge_threshold": 0.5},
 }
 # [supervisor] and [watchdog]: their keys, defaults and checks live with the supervisor
 # (edge/reliability/supervisor.py SUPERVISOR_DEFAULTS, validate_settings).
@@ -128,6 +143,7 @@ class Config:
     data: dict
     scrub: dict
     uplink: dict
+    vlm: dict
     supervisor: dict
     watchdog: dict
     path: Path | None = None
@@ -222,7 +238,36 @@ def validate(raw: dict, path: Path | None = None) -> Config:
     _int(up["spi"], "uplink.spi", 0, 65535)
     if (up["input"] is None) != (up["key_file"] is None):
         raise ConfigError("uplink.key_file: the uplink needs both input and key_file (or neither)")
+    _validate_vlm(c["vlm"])
     return Config(**c, path=path)
+
+
+def _validate_vlm(v: dict) -> None:
+    _bool(v["enabled"], "vlm.enabled")
+    _text(v["model_dir"], "vlm.model_dir", optional=True)
+    if v["enabled"] and v["model_dir"] is None:
+        raise ConfigError("vlm.model_dir: required when vlm.enabled is true (the ONNX export's directory)")
+    if v["variant"] is not None:
+        _choice(v["variant"], "vlm.variant", VLM_VARIANTS)
+    _int(v["threads"], "vlm.threads", 1, 64)
+    _int(v["max_new_tokens"], "vlm.max_new_tokens", 1, 8192)
+    _real(v["deadline_s"], "vlm.deadline_s", 0.1, 86400)
+    _int(v["tile"], "vlm.tile", 32, 16384)
+    _int(v["overlap"], "vlm.overlap", 0, 16383)
+    if v["overlap"] >= v["tile"]:
+        raise ConfigError(f"vlm.overlap: must be smaller than vlm.tile ({v['tile']}), got {v['overlap']}")
+    _int(v["max_tiles"], "vlm.max_tiles", 1, 4096)
+    _int(v["image_max_side"], "vlm.image_max_side", 32, 16384)
+    _choice(v["task"], "vlm.task", VLM_TASKS)
+    if v["question"] is not None:
+        _text(v["question"], "vlm.question")
+        try:
+            n = len(v["question"].encode("utf-8"))
+        except UnicodeEncodeError:
+            raise ConfigError("vlm.question: not valid Unicode text (a lone surrogate)") from None
+        if n > MAX_VLM_QUESTION_BYTES:
+            raise ConfigError(f"vlm.question: at most {MAX_VLM_QUESTION_BYTES} UTF-8 bytes, got {n}")
+    _real(v["merge_threshold"], "vlm.merge_threshold", 0, 1)
 
 
 def _validate_supervisor(supervisor: dict, watchdog: dict) -> dict:

@@ -13,6 +13,12 @@ holds its record (then it is only marked done), so every input frame yields exac
 Bad input of any kind (truncated dump, mismatched sidecar, wrong dtype or band count, a decoder that
 chokes) becomes an event record naming the problem plus a counter; the frame moves to .failed/ and the
 loop goes on with the next frame. Housekeeping records carry the counters and stage latencies.
+
+The on-board VLM ([vlm] enabled; edge/vlm/service.py) rides on the same loop: each turn queues the
+spool's `*.questions.json` files and the uplinked `question` commands durably; after a frame's
+detector record is journaled, the questions due on that frame (and the standing [vlm] question) are
+answered from its pixels, each answer journaled and fsynced before its question is marked done.
+With [vlm] off, edge.vlm is never imported and an uplinked question is reported as not handled.
 """
 from __future__ import annotations
 
@@ -174,6 +180,13 @@ class FlightLoop:
         for problem in (self.packetizer.state_error, self._sent.problem):
             if problem:
                 self._event("input_error", f"downlink state: {problem}")
+
+        self._spool = None          # the spool being run (VLM questions check their frame against it)
+        self.vlm = None
+        if cfg.vlm["enabled"]:      # imported only then: the detector-only path never loads edge.vlm
+            from edge.vlm.service import VlmService
+
+            self.vlm = VlmService(self)
 
         m = cfg.model
         self.model = self.variant = self.file = self.backend = self.pipeline = None
@@ -344,6 +357,33 @@ class FlightLoop:
         self.summary.stage_ms.setdefault(stage, StageTimes()).add(ms)
         self._stage_window.setdefault(stage, []).append(ms)
 
+    def _time_vlm(self, seconds: float) -> None:
+        """One VLM answer's wall time: in the run summary ("vlm"); in housekeeping only once the
+        record's stage table has a "vlm" id (each answer record carries its own timings anyway)."""
+        if "vlm" in rec.STAGES:
+            self._time("vlm", seconds)
+        else:
+            self.summary.stage_ms.setdefault("vlm", StageTimes()).add(seconds * 1e3)
+
+    # ---- VLM questions (edge/vlm/service.py) -------------------------------------------------------
+    def _vlm_guard(self, what: str, fn, *args) -> None:
+        """Run a VlmService step; anything it did not handle itself is reported, never a crash."""
+        try:
+            fn(*args)
+        except Exception as e:
+            log.exception("vlm: %s", what)
+            self.counters["vlm_errors"] += 1
+            self._event("vlm_error", f"vlm {what}: {type(e).__name__}: {e}")
+
+    def _vlm_after(self, frame: Frame | None, ok: bool, name: str, frame_id: int | None) -> None:
+        """After a frame's detector record (ok) or its reported failure: the questions due on it."""
+        if self.vlm is None:
+            return
+        if ok:
+            self._vlm_guard("answer", self.vlm.answer, frame)
+        else:
+            self._vlm_guard("frame failed", self.vlm.frame_failed, name, frame_id)
+
     # ---- frames -------------------------------------------------------------------------------------
     def _beat(self, stage: str) -> None:
         if self.heartbeat is not None:
@@ -408,6 +448,7 @@ class FlightLoop:
         ids = DurableCounter(self.state_dir / "frame_id")
         fid = ids.take() if frame_id is None else frame_id
         t0 = time.perf_counter()
+        frame = None
         try:
             frame = open_frame(path, layout=self.cfg.input["layout"], kind=self.cfg.input["kind"]
                                if self.cfg.input["kind"] != "spool" else "auto", frame_id=fid)
@@ -417,6 +458,9 @@ class FlightLoop:
         else:
             self._time("read", time.perf_counter() - t0)
             ok = self.process(frame)
+            self._vlm_after(frame, ok, frame.name, fid)
+        if frame is None:
+            self._vlm_after(None, False, Path(path).name, fid)
         self._after_frame()
         self.downlink()
         return ok
@@ -424,6 +468,7 @@ class FlightLoop:
     def run_spool(self, directory, max_frames: int | None = None, poll_s: float = 0.0) -> None:
         """Process the spool until it is empty (poll_s > 0: wait for more, until max_frames)."""
         spool = Spool(directory, self.state_dir)
+        self._spool = spool
         done = 0
         last_hk = time.monotonic()
         while (max_frames is None or done < max_frames) and not self.stop_requested:
@@ -433,6 +478,8 @@ class FlightLoop:
             if action in ("enter_safe_mode", "restart"):
                 self.exit_action = action
                 break
+            if self.vlm is not None:
+                self._vlm_guard("questions", self.vlm.ingest_files, spool)
             claim = spool.claim_next()
             if claim is None:
                 if poll_s <= 0:
@@ -448,6 +495,8 @@ class FlightLoop:
             done += 1
             if claim.resumed and self.journal.has_key(claim.frame_id):
                 # its record reached the journal before the last run stopped: do not send it twice
+                if self.vlm is not None and self.vlm.has_work(claim.name, claim.frame_id):
+                    self._vlm_resumed(spool, claim)   # answers still owed on it: opened again
                 log.info("frame %s %s: already journaled, marked done", claim.frame_id, claim.name)
                 self.summary.frames_skipped += 1
                 spool.done(claim)
@@ -460,12 +509,26 @@ class FlightLoop:
             except FrameError as e:
                 self._error("input_error", "input_errors", claim.name, e, claim.frame_id)
                 ok = False
+                self._vlm_after(None, False, claim.name, claim.frame_id)
             else:
                 self._time("read", time.perf_counter() - t0)
                 ok = self.process(frame)
+                self._vlm_after(frame, ok, claim.name, claim.frame_id)
             self._after_frame()
             (spool.done if ok else spool.failed)(claim)
             self.downlink()
+
+    def _vlm_resumed(self, spool: Spool, claim) -> None:
+        """A frame journaled before a crash with VLM answers still owed: open it and answer them."""
+        try:
+            frame = spool.open(claim, layout=self.cfg.input["layout"],
+                               kind="auto" if self.cfg.input["kind"] == "spool" else self.cfg.input["kind"])
+        except FrameError as e:
+            log.warning("frame %s %s: cannot be opened again for its questions: %s", claim.frame_id,
+                        claim.name, e)
+            self._vlm_after(None, False, claim.name, claim.frame_id)
+            return
+        self._vlm_after(frame, True, claim.name, claim.frame_id)
 
     def run(self, source=None, max_frames: int | None = None) -> RunSummary:
         """Process `source` (default: the config's input.source): a directory is a spool."""
@@ -548,8 +611,11 @@ class FlightLoop:
                 action = cmd.name
             elif cmd.name == "set_config":
                 action = self._set_config(r.arsn, cmd.args) or action
-            else:  # question: the VLM task kind takes it; nothing here can answer it
-                self._event("input_error", f"uplink {r.arsn}: {cmd.name} not handled by this mission")
+            elif cmd.name == "question" and self.vlm is not None:
+                self._vlm_guard("question", self.vlm.enqueue_uplink, r.arsn, cmd.args, self._spool)
+            else:  # a question with [vlm] off: nothing here can answer it
+                self._event("input_error", f"uplink {r.arsn}: {cmd.name} not handled by this mission"
+                            + (" (vlm.enabled is false)" if cmd.name == "question" else ""))
         return action
 
     def _set_config(self, arsn: int, args: dict):

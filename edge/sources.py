@@ -20,6 +20,10 @@ Claiming a frame gives it a durable frame id (data_dir/state/frame_id) and renam
 <spool>/.active/<id>.<name>; when its records are journaled it is renamed into .done/ (or .failed/
 for bad input). After a restart the .active/ frames are taken again first, with the same frame id,
 so a frame in flight is redone, never lost. Sidecars stay beside the data until the frame is done.
+Questions for the on-board VLM arrive in the same directory as `name.questions.json` queue files
+(edge/vlm/service.py reads them; written as `.part` and renamed, like frames). They are never frames:
+`waiting()` skips them and `question_files()` lists them (a `.questions.json` that is the sidecar of
+a frame `name.questions.raw` stays a sidecar); `finish_questions()` moves one to .done/ or .failed/.
 """
 from __future__ import annotations
 
@@ -44,6 +48,8 @@ IMAGE_SUFFIXES = (".png", ".tif", ".tiff")
 FRAME_SUFFIXES = RAW_SUFFIXES + NPY_SUFFIXES + IMAGE_SUFFIXES
 SIDECAR_SUFFIX = ".json"
 PART_SUFFIX = ".part"
+#: A VLM question queue file in a spool (edge/vlm/service.py): never a frame, never a sidecar.
+QUESTIONS_SUFFIX = ".questions.json"
 RAW_DTYPES = ("uint8", "uint16")
 #: A sidecar is a few hundred bytes; anything much larger is not one.
 MAX_SIDECAR_BYTES = 64 * 1024
@@ -318,7 +324,46 @@ class Spool:
         """Frame files not yet claimed, in processing order."""
         return sorted(p for p in self.dir.iterdir()
                       if p.is_file() and not p.name.startswith(".")
-                      and p.suffix.lower() in FRAME_SUFFIXES)
+                      and p.suffix.lower() in FRAME_SUFFIXES
+                      and not p.name.lower().endswith(QUESTIONS_SUFFIX))
+
+    def question_files(self) -> list[Path]:
+        """The VLM question queue files (`*.questions.json`) waiting in the spool, in name order.
+        A `.questions.json` beside a frame of the same stem (waiting or active) is that frame's
+        sidecar, not a queue file."""
+        stems = {p.stem for p in self.waiting()}
+        stems.update(m.group(2).rsplit(".", 1)[0] for p in self._active()
+                     if (m := _ACTIVE_NAME.match(p.name)))
+        return sorted(p for p in self.dir.iterdir()
+                      if p.is_file() and not p.name.startswith(".")
+                      and p.name.lower().endswith(QUESTIONS_SUFFIX)
+                      and p.name[:-len(SIDECAR_SUFFIX)] not in stems)
+
+    def finish_questions(self, path: Path, ok: bool) -> Path:
+        """Move a queue file to .done/ (its questions are durably queued) or .failed/ (unusable)."""
+        dest_dir = self.dir / (DONE if ok else FAILED)
+        dest = dest_dir / Path(path).name
+        os.replace(path, dest)
+        fsync_dir(dest_dir)
+        fsync_dir(self.dir)
+        return dest
+
+    def processed(self, name: str) -> bool:
+        """Whether a frame of that file name was processed already (it is in .done/ or .failed/) and
+        none of that name waits or is being processed again."""
+        if (self.dir / name).is_file() or any((m := _ACTIVE_NAME.match(p.name)) and m.group(2) == name
+                                              for p in self._active()):
+            return False
+        return (self.dir / DONE / name).is_file() or (self.dir / FAILED / name).is_file()
+
+    def active_ids(self) -> set[int]:
+        """Frame ids of the frames claimed and not yet done (being processed, or left by a crash)."""
+        return {int(m.group(1)) for p in self._active() if (m := _ACTIVE_NAME.match(p.name))}
+
+    @property
+    def next_frame_id(self) -> int:
+        """The frame id the next claimed frame will get (ids below it were handed out)."""
+        return self.ids.value
 
     def __len__(self) -> int:
         return len(self.waiting()) + len(self._active())
@@ -376,5 +421,5 @@ class Spool:
         self._finish(claim, FAILED)
 
 
-__all__ = ["Claim", "DurableCounter", "Frame", "FrameError", "Spool", "atomic_write", "open_frame",
-           "read_sidecar"]
+__all__ = ["QUESTIONS_SUFFIX", "Claim", "DurableCounter", "Frame", "FrameError", "Spool", "atomic_write",
+           "open_frame", "read_sidecar"]

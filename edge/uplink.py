@@ -44,6 +44,8 @@ Command map (docs/uplink.cddl; key 0 is the command code, the other keys are sha
     key 5 question-text question: text, 1..800 UTF-8 bytes
     key 6 frame-id      question, optional: the frame the question is about
     key 7 image         question, optional: an image name on the board
+    key 8 task          question, optional: 0 vqa, 1 caption, 2 grounding (the answer record's task ids,
+                        docs/downlink.md key 24); absent: the mission's [vlm] task
 
 Maps are closed (an unknown key is malformed_command); an unknown command code is
 unknown_command; new commands get new codes (COMMANDS below, and a rule in docs/uplink.cddl).
@@ -154,6 +156,9 @@ KEY_QUESTION_ID = 4
 KEY_QUESTION_TEXT = 5
 KEY_FRAME_ID = 6
 KEY_IMAGE = 7
+KEY_TASK = 8
+#: question task ids (key 8): the downlink answer record's (edge/downlink/record.py TASKS)
+QUESTION_TASKS = {0: "vqa", 1: "caption", 2: "grounding"}
 
 CMD_ACK = 1
 CMD_LEAVE_SAFE_MODE = 2
@@ -383,7 +388,13 @@ def _question(m) -> dict:
     image = m.get(KEY_IMAGE)
     if KEY_IMAGE in m:
         image = _text(image, "question image", 1, MAX_IMAGE_NAME_BYTES)
-    return {"id": qid, "text": text, "frame_id": frame_id, "image": image}
+    task = None
+    if KEY_TASK in m:
+        task = QUESTION_TASKS.get(m[KEY_TASK]) if _is_uint(m[KEY_TASK]) else None
+        if task is None:
+            raise CommandError(f"question task: must be one of {sorted(QUESTION_TASKS)} "
+                               f"({', '.join(QUESTION_TASKS.values())}), got {m[KEY_TASK]!r}")
+    return {"id": qid, "text": text, "frame_id": frame_id, "image": image, "task": task}
 
 
 #: code -> (required keys, optional keys, parser of the map into Command.args).
@@ -392,7 +403,8 @@ COMMANDS = {
     CMD_LEAVE_SAFE_MODE: (set(), set(), lambda m: {}),
     CMD_ENTER_SAFE_MODE: (set(), set(), lambda m: {}),
     CMD_SET_CONFIG: ({KEY_CONFIG_KEY, KEY_CONFIG_VALUE}, set(), _set_config),
-    CMD_QUESTION: ({KEY_QUESTION_ID, KEY_QUESTION_TEXT}, {KEY_FRAME_ID, KEY_IMAGE}, _question),
+    CMD_QUESTION: ({KEY_QUESTION_ID, KEY_QUESTION_TEXT}, {KEY_FRAME_ID, KEY_IMAGE, KEY_TASK},
+                   _question),
 }
 
 

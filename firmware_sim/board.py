@@ -156,8 +156,10 @@ class Board:
         self.boots_started = 0
 
     # ---- the data disk ----------------------------------------------------------------------------
-    def prepare(self, frames, mission: str, scenario: dict | None = None) -> None:
-        """frames: [(name, uint16 array HWC, sidecar dict)]; mission: the TOML text (paths /data/...)."""
+    def prepare(self, frames, mission: str, scenario: dict | None = None, extra: dict | None = None) -> None:
+        """frames: [(name, uint16 array HWC, sidecar dict)]; mission: the TOML text (paths /data/...);
+        extra: {path under /data: a host directory (copied) or bytes (written)}, e.g. a VLM model
+        directory and a questions file for the spool."""
         from edge.uplink import generate_key, write_key
 
         stage = self.workdir / "data"
@@ -171,6 +173,15 @@ class Board:
                 {"shape": list(arr.shape), "dtype": str(arr.dtype), **side}))
             total += arr.nbytes
         (stage / "mission.toml").write_text(mission)
+        for rel, src in (extra or {}).items():
+            dest = stage / rel
+            dest.parent.mkdir(parents=True, exist_ok=True)
+            if isinstance(src, (bytes, bytearray)):
+                dest.write_bytes(src)
+                total += len(src)
+            else:
+                shutil.copytree(src, dest)
+                total += sum(f.stat().st_size for f in dest.rglob("*") if f.is_file())
         if scenario is not None:
             (stage / "sim" / "scenario.json").write_text(json.dumps(scenario))
         key = generate_key()

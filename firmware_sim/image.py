@@ -47,7 +47,12 @@ CACHE = Path(os.environ.get("ORBIT_EDGE_CACHE", Path.home() / ".cache" / "orbit-
 #: i6300esb watchdog.
 MODULES = ("crc32c_generic", "ext4", "virtio_pci", "virtio_blk", "virtio_console", "i6300esb")
 #: The flight runtime's third-party packages in the guest (versions: requirements-dev.txt).
-RUNTIME_PACKAGES = ("numpy", "cbor2", "onnxruntime", "ai-edge-litert")
+RUNTIME_PACKAGES = ("numpy", "cbor2", "onnxruntime", "ai-edge-litert",
+                    # the on-board VLM (edge/vlm): image processor, chat template
+                    "pillow", "jinja2", "MarkupSafe")
+#: Installed without their dependencies: tokenizers' only one, huggingface_hub (and its dozen), serves
+#: Tokenizer.from_pretrained downloads, which a flight computer never makes; tokenizer.json is read locally.
+NO_DEPS_PACKAGES = ("tokenizers",)
 MMDEBSTRAP_ARGS = ("--arch=arm64", "--variant=minbase", "--include=python3", "--quiet",
                    "--dpkgopt=path-exclude=/usr/share/man/*", "--dpkgopt=path-exclude=/usr/share/locale/*",
                    "--dpkgopt=path-exclude=/usr/share/doc/*")
@@ -250,7 +255,9 @@ def build_base() -> tuple[Path, str, float | None]:
     sources = apt_sources()
     rel = suite()
     runtime_pins = pins(*RUNTIME_PACKAGES)
-    key = key_of(*(p.read_bytes() for p in sources), rel, MMDEBSTRAP_ARGS, runtime_pins, "base-1")
+    nodeps_pins = pins(*NO_DEPS_PACKAGES)
+    key = key_of(*(p.read_bytes() for p in sources), rel, MMDEBSTRAP_ARGS, runtime_pins, nodeps_pins,
+                 "base-1")
     dest = CACHE / f"base-{key}"
     if (dest / ".orbit-edge-ready").exists():
         return dest, key, None
@@ -266,6 +273,8 @@ def build_base() -> tuple[Path, str, float | None]:
     env = {k: v for k, v in os.environ.items() if not k.startswith("_PYTHON_")}
     quiet_pip([_cross_pip(), "-m", "pip", "install", "-q", "--target", site, "--no-warn-script-location",
                *flags, *runtime_pins], env)
+    quiet_pip([_cross_pip(), "-m", "pip", "install", "-q", "--target", site, "--no-warn-script-location",
+               "--no-deps", *flags, *nodeps_pins], env)
     shutil.rmtree(site / "bin", ignore_errors=True)   # console scripts with the host's shebang
     (tmp / ".orbit-edge-ready").touch()
     shutil.rmtree(dest, ignore_errors=True)

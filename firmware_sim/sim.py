@@ -2,7 +2,7 @@
 
     python -m firmware_sim.sim                      all scenarios
     python -m firmware_sim.sim --scenario NAME      one (nominal, worker_hang, watchdog_reset, bitflips,
-                                                    power_cut, small_memory)
+                                                    power_cut, small_memory, vlm)
     python -m firmware_sim.sim --shell              boot the board to an interactive shell
 
 Every scenario builds a fresh data disk (spool of generated 12-bit 4-band scenes with JSON sidecars, the
@@ -20,6 +20,9 @@ the radio and acknowledge what arrives, and checks what reached the ground:
     power_cut       QEMU killed (SIGKILL) once the first frame record arrived, started again on the same
                     data disk -> journal recovered, every frame once
     small_memory    nominal (int8) on a 512 MiB board
+    vlm             the on-board VLM (the tiny random LFM2-VL of models/vlm/tiny/, fp32) answers a
+                    questions file of the spool (VQA, caption, grounding) after the detector's records:
+                    every question's answer record arrives once, its tokens identical to an x86 run
 Results as JSON lines with --json-out FILE (docs/sim.md quotes them).
 """
 from __future__ import annotations
@@ -60,8 +63,10 @@ def scenes(n: int, seed0: int = 7100):
 
 def mission(*, variant="tflite_int8", memory="owned", kernels="reference", source="/data/spool",
             data="/data/edge",
-            output="/dev/radio-down", uplink=True, watchdog="/dev/watchdog") -> str:
+            output="/dev/radio-down", uplink=True, watchdog="/dev/watchdog", vlm: dict | None = None) -> str:
     up = ('[uplink]\ninput = "/dev/radio-up"\nkey_file = "/data/uplink.key"\n' if uplink else "")
+    if vlm:
+        up += "[vlm]\n" + "".join(f"{k} = {json.dumps(v)}\n" for k, v in vlm.items())
     return f"""# the emulated board's mission (firmware_sim/sim.py)
 [input]
 source = "{source}"
@@ -96,8 +101,9 @@ backoff_base_s = 0.5
 """
 
 
-def x86_reference(frames, variant: str, memory: str, work: Path, kernels: str = "reference") -> dict:
-    """The same scenes through the same flight loop on this x86 host: {capture time: frame record}."""
+def x86_run(frames, variant: str, memory: str, work: Path, kernels: str = "reference",
+            vlm: dict | None = None, questions: list | None = None) -> list:
+    """The same scenes (and questions) through the same flight loop on this x86 host: the records."""
     from edge.config import load_config
     from edge.flight import FlightLoop
     from edge.ground.decode import decode_stream
@@ -108,14 +114,20 @@ def x86_reference(frames, variant: str, memory: str, work: Path, kernels: str = 
         arr.tofile(spool / f"{name}.raw")
         (spool / f"{name}.json").write_text(json.dumps({"shape": list(arr.shape), "dtype": str(arr.dtype),
                                                         **side}))
+    if questions is not None:
+        (spool / QUESTIONS_FILE).write_text(json.dumps(questions))
     cfg_path = work / "mission.toml"
     cfg_path.write_text(mission(variant=variant, memory=memory, kernels=kernels, source=str(spool),
                                 data=str(work / "data"),
-                                output=str(work / "down.bin"), uplink=False, watchdog=""))
+                                output=str(work / "down.bin"), uplink=False, watchdog="", vlm=vlm))
     with FlightLoop(load_config(cfg_path)) as loop:
         loop.run()
-    res = decode_stream(work / "down.bin", manifest=False)
-    return {d.record.time_ms: d.record for d in res.records if d.record.kind == "frame"}
+    return [d.record for d in decode_stream(work / "down.bin", manifest=False).records]
+
+
+def x86_reference(frames, variant: str, memory: str, work: Path, kernels: str = "reference") -> dict:
+    """{capture time: frame record} of x86_run."""
+    return {r.time_ms: r for r in x86_run(frames, variant, memory, work, kernels) if r.kind == "frame"}
 
 
 def same_detections(a, b) -> bool:
@@ -194,9 +206,9 @@ def common_figures(out: Outcome, board, frames) -> dict:
 
 
 def run_board(images, work: Path, frames, mission_text, scenario=None, memory_mb=1024,
-              during=None, timeout_s=BOOT_TIMEOUT_S) -> tuple[Board, int]:
+              during=None, timeout_s=BOOT_TIMEOUT_S, extra=None) -> tuple[Board, int]:
     board = Board(images, work, memory_mb=memory_mb)
-    board.prepare(frames, mission_text, scenario)
+    board.prepare(frames, mission_text, scenario, extra)
     board.boot()
     if during is not None:
         during(board)
@@ -311,8 +323,57 @@ def sc_small_memory(images, work: Path) -> Outcome:
     return sc_nominal(images, work, memory_mb=512, fp32=False, name="small_memory")
 
 
+#: The VLM scenario: the tiny random LFM2-VL fixture (models/vlm/tiny/) and a questions file.
+VLM_FIXTURE = REPO / "models" / "vlm" / "tiny"
+QUESTIONS_FILE = "questions.questions.json"
+VLM_QUESTIONS = [
+    {"id": 11, "text": "How many ships are in this image?", "task": "vqa", "frame": "scene-00"},
+    {"id": 12, "text": "Detect all ships.", "task": "grounding", "frame": "scene-00"},
+    {"id": 13, "text": "Describe this image.", "task": "caption", "frame": "scene-01"},
+]
+
+
+def vlm_settings(model_dir: str) -> dict:
+    return {"enabled": True, "model_dir": model_dir, "variant": "fp32", "threads": 1, "max_new_tokens": 24,
+            "deadline_s": 240.0, "tile": 256, "overlap": 32}
+
+
+def answers_of(records) -> dict:
+    """{question id: (tokens, text, stop)} of the answer records (distinct seqs)."""
+    return {r.question_id: (r.tokens, r.text, r.stop) for r in records if r.kind == "answer"}
+
+
+def sc_vlm(images, work: Path) -> Outcome:
+    out = Outcome("vlm")
+    frames = scenes(2)
+    questions = json.dumps(VLM_QUESTIONS).encode()
+    board, rc = run_board(images, work / "board", frames,
+                          mission(vlm=vlm_settings("/data/vlm-tiny")),
+                          extra={"vlm-tiny": VLM_FIXTURE, f"spool/{QUESTIONS_FILE}": questions})
+    out.check(rc == 0, f"the board powered off by itself (qemu exit {rc})")
+    common_figures(out, board, frames)
+    got = [r.record for r in board.ground.records()]
+    answers = answers_of(got)
+    want = {q["id"] for q in VLM_QUESTIONS}
+    out.check(set(answers) == want, f"an answer record for every question ({sorted(answers)})")
+    n_answer = sum(1 for r in got if r.kind == "answer")
+    out.check(n_answer == len(want), f"each answer once ({n_answer} answer records)")
+    c = last_counters(board)
+    out.check(c.get("vlm_errors", 0) == 0, f"no VLM error (vlm_errors {c.get('vlm_errors')})")
+    ref = answers_of(x86_run(frames, "tflite_int8", "owned", work / "x86", vlm=vlm_settings(str(VLM_FIXTURE)),
+                             questions=VLM_QUESTIONS))
+    same = [q for q in want if q in answers and answers[q][:2] == ref.get(q, (None, None))[:2]]
+    out.figures["answers"] = len(answers)
+    out.figures["tokens"] = sum(a[0] for a in answers.values())
+    out.figures["answers_identical"] = f"{len(same)}/{len(want)}"
+    out.check(len(same) == len(want), "fp32 answers token for token identical to the x86 run")
+    board.stop_ground()
+    return out
+
+
 SCENARIOS = {"nominal": sc_nominal, "worker_hang": sc_worker_hang, "watchdog_reset": sc_watchdog_reset,
-             "bitflips": sc_bitflips, "power_cut": sc_power_cut, "small_memory": sc_small_memory}
+             "bitflips": sc_bitflips, "power_cut": sc_power_cut, "small_memory": sc_small_memory,
+             "vlm": sc_vlm}
 
 
 def shell(images) -> int:

@@ -62,3 +62,51 @@ def test_overrides_are_validated():
         apply_overrides(cfg, {"tiling.overlap": -5})
     with pytest.raises(ConfigError, match="nope.x: unknown key"):
         apply_overrides(cfg, {"nope.x": 1})
+
+
+def test_vlm_defaults_are_off_and_complete():
+    v = default_config().vlm
+    assert v["enabled"] is False and v["model_dir"] is None and v["question"] is None
+    assert set(v) == {"enabled", "model_dir", "variant", "threads", "max_new_tokens", "deadline_s",
+                      "tile", "overlap", "max_tiles", "image_max_side", "task", "question",
+                      "merge_threshold"}
+    on = validate({"vlm": {"enabled": True, "model_dir": "models/vlm/tiny", "variant": "q8",
+                           "task": "grounding", "question": "ships", "deadline_s": 5}})
+    assert on.vlm["enabled"] and on.vlm["task"] == "grounding" and on.vlm["deadline_s"] == 5
+
+
+@pytest.mark.parametrize("vlm, key", [
+    ({"enabled": "yes"}, "vlm.enabled: must be true or false"),
+    ({"enabled": True}, "vlm.model_dir: required when vlm.enabled"),
+    ({"model_dir": ""}, "vlm.model_dir: must be a non-empty string"),
+    ({"variant": "int3"}, "vlm.variant: must be one of"),
+    ({"threads": 0}, "vlm.threads: must be in"),
+    ({"max_new_tokens": 0}, "vlm.max_new_tokens: must be in"),
+    ({"max_new_tokens": 1.5}, "vlm.max_new_tokens: must be an integer"),
+    ({"deadline_s": 0}, "vlm.deadline_s: must be in"),
+    ({"deadline_s": "60"}, "vlm.deadline_s: must be a number"),
+    ({"tile": 16}, "vlm.tile: must be in"),
+    ({"tile": 256, "overlap": 256}, "vlm.overlap: must be smaller than vlm.tile"),
+    ({"max_tiles": 0}, "vlm.max_tiles: must be in"),
+    ({"image_max_side": 8}, "vlm.image_max_side: must be in"),
+    ({"task": "segment"}, "vlm.task: must be one of"),
+    ({"question": ""}, "vlm.question: must be a non-empty string"),
+    ({"question": 3}, "vlm.question: must be a non-empty string"),
+    ({"question": "é" * 401}, "vlm.question: at most 800 UTF-8 bytes"),
+    ({"question": "\ud800 ships"}, "vlm.question: not valid Unicode"),
+    ({"merge_threshold": 1.5}, "vlm.merge_threshold: must be in"),
+    ({"colour": 1}, "vlm.colour: unknown key"),
+])
+def test_vlm_bad_values_name_the_key(vlm, key):
+    with pytest.raises(ConfigError) as e:
+        validate({"vlm": vlm})
+    assert str(e.value).startswith(key)
+
+
+def test_vlm_keys_as_uplinked_overrides():
+    """set_config from the ground goes through apply_overrides: the same checks."""
+    cfg = apply_overrides(default_config(), {"vlm.enabled": True, "vlm.model_dir": "/flash/vlm",
+                                             "vlm.question": "Is the runway clear?"})
+    assert cfg.vlm["question"] == "Is the runway clear?"
+    with pytest.raises(ConfigError, match="^vlm.model_dir"):
+        apply_overrides(default_config(), {"vlm.enabled": True})

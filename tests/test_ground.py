@@ -15,7 +15,8 @@ from hypothesis import strategies as st
 from PIL import Image
 
 from edge.downlink.packets import APID_BY_KIND, Packetizer
-from edge.downlink.record import encode_event, encode_frame, encode_housekeeping, model_id_of
+from edge.downlink.record import (encode_answer, encode_event, encode_frame, encode_housekeeping,
+                                  model_id_of)
 from edge.ground import cli
 from edge.ground.decode import (DecodedRecord, SeqGap, StreamDecoder, decode_stream, iter_decode)
 from edge.ground.outputs import (CSV_COLUMNS, REPORT_KIND, Stats, features, read_jsonl,
@@ -25,10 +26,11 @@ from edge.ground.render import BACKGROUND, PALETTE, render_frame, thumbnail
 from edge.manifest import load_manifest
 from tests.conftest import examples
 
-FRAME, HOUSEKEEPING, EVENT = APID_BY_KIND[1], APID_BY_KIND[2], APID_BY_KIND[3]
+FRAME, HOUSEKEEPING, EVENT, ANSWER = APID_BY_KIND[1], APID_BY_KIND[2], APID_BY_KIND[3], APID_BY_KIND[4]
 SHIP = load_manifest().model("ship")
 SHIP_ID = model_id_of(SHIP.files[SHIP.default_variant].sha256)
 UNKNOWN_ID = b"\xde\xad\xbe\xef"
+VLM_ID = b"\x1f\x2e\x3d\x4c"   # an on-board VLM (no manifest entry: its labels come in the record)
 T0 = 1_717_243_200_000  # 2024-06-01T12:00:00Z
 GEOTRANSFORM = {"geotransform": [10.0, 1e-4, 0.0, 50.0, 0.0, -1e-4]}
 CORNERS = {"corners": [[45.0, 179.9], [45.0, -179.9], [44.8, -179.9], [44.8, 179.9]]}  # antimeridian
@@ -67,6 +69,27 @@ def scenario(seed=0):
     items += [(EVENT, encode_event(**spec), spec) for spec in ev]
     items.sort(key=lambda item: item[2]["seq"])
     return items
+
+
+def answer_scenario():
+    """[(apid, record bytes, spec)], seqs 1..5: a detector frame; a VLM grounding answer about the same
+    frame (its frame record with labels and the VLM's model id, then its answer record); a VQA answer
+    cut to fit the record; a caption of the standing question (no question id, no frame)."""
+    rng = np.random.default_rng(3)
+    det = frame_spec(1, 200, 3, rng, georef=GEOTRANSFORM)
+    grounding = frame_spec(2, 200, 4, rng, georef=GEOTRANSFORM, labels=["ship", "oil tank", "船"],
+                           model_id=VLM_ID)
+    answers = [dict(seq=3, time_ms=T0 + 3000, question_id=7, frame_id=200, model_id=VLM_ID, task="grounding",
+                    text='[{"label": "ship", "bbox": [0.1, 0.2, 0.3, 0.4]}]', tokens=41, stop="eos",
+                    timings_ms={"vision": 380, "prefill": 220, "decode": 800}),
+               dict(seq=4, time_ms=T0 + 4000, question_id=8, frame_id=200, model_id=VLM_ID, task="vqa",
+                    text="Yes, " + "the runway is clear; " * 80, tokens=256, stop="max_tokens",
+                    timings_ms={"vision": 379.6, "prefill": 219.5, "decode": 5120}),
+               dict(seq=5, time_ms=T0 + 5000, question_id=None, frame_id=None, model_id=VLM_ID,
+                    task="caption", text="A harbour with two piers, \"quoted\",\nnew line.", tokens=17,
+                    stop="deadline", timings_ms={"decode": 60_000})]
+    return ([(FRAME, encode_frame(**det), det), (FRAME, encode_frame(**grounding), grounding)]
+            + [(ANSWER, encode_answer(**spec), spec) for spec in answers])
 
 
 def packets_of(items, max_packet_bytes=64, packetizer=None):
@@ -341,6 +364,80 @@ def test_stats_summary():
     assert bare.summary()["packets"] is None and bare.summary()["bytes_per_detection"] is None
 
 
+# ---- VLM answers (kind 4) -------------------------------------------------------------------------
+
+def test_answers_decode_and_go_to_every_output(tmp_path, capsys):
+    items = answer_scenario()
+    records, report = decode_stream(stream_of(items, max_packet_bytes=100))
+    assert [d.record.seq for d in records] == [1, 2, 3, 4, 5] and report.clean
+    assert report.records_by_kind == {"frame": 2, "answer": 3}
+    # the detector's and the VLM's frame records of frame 200 are not a repeat (other model id)
+    assert report.frame_id_repeat_count == 0 and report.frame_ids == 1
+    check_frame(records[1], items[1][2])
+    assert records[1].model is None and set(records[1].labels) <= {"ship", "oil tank", "船"}
+    for d, (apid, _, spec) in zip(records[2:], items[2:]):
+        r = d.record
+        assert apid == 0x103 and r.kind == "answer"
+        assert (r.question_id, r.frame_id, r.task, r.tokens, r.model_id) == \
+            (spec["question_id"], spec["frame_id"], spec["task"], spec["tokens"], VLM_ID.hex())
+        assert r.stop == spec["stop"] and set(r.timings_ms) == {"vision", "prefill", "decode"}
+    vqa = records[3].record
+    full = items[3][2]["text"].encode()
+    assert vqa.text_truncated and vqa.text_bytes == len(full) > 1024 and full.startswith(vqa.text.encode())
+    assert vqa.timings_ms == {"vision": 380, "prefill": 220, "decode": 5120}
+    assert records[4].record.timings_ms == {"vision": 0, "prefill": 0, "decode": 60_000}
+
+    # JSON Lines: every answer field; read back to the same objects
+    buf = io.StringIO()
+    assert write_jsonl(records, buf, report) == 5
+    lines = [json.loads(line) for line in buf.getvalue().splitlines()]
+    answers = [line for line in lines if line["kind"] == "answer"]
+    assert len(answers) == 3 and "detections" not in answers[0]
+    assert answers[0] == {**answers[0], "question_id": 7, "frame_id": 200, "task": "grounding",
+                          "text": items[2][2]["text"], "text_bytes": None, "tokens": 41, "stop": "eos",
+                          "timings_ms": {"vision": 380, "prefill": 220, "decode": 800},
+                          "model_id": VLM_ID.hex()}
+    assert answers[1]["text_bytes"] == len(full) and answers[2]["question_id"] is None
+    assert answers[2]["text"] == items[4][2]["text"]
+    again = list(read_jsonl(io.StringIO(buf.getvalue())))
+    assert [record_to_json(d) for d in again] == lines[:-1]
+    # CSV: detection rows only -- the grounding answer's come with its frame record's labels
+    out = io.StringIO(newline="")
+    assert write_csv(records, out) == 3 + 4
+    rows = list(csv.DictReader(io.StringIO(out.getvalue())))
+    vlm_rows = [row for row in rows if row["model_id"] == VLM_ID.hex()]
+    assert len(vlm_rows) == 4 and {row["label"] for row in vlm_rows} <= {"ship", "oil tank", "船"}
+    assert all(row["lon"] != "" for row in vlm_rows)
+    # GeoJSON: the grounding detections, georeferenced like any other
+    gj = io.StringIO()
+    assert write_geojson(records, gj) == 7
+    # stats, from the stream and from the JSONL it wrote: the same
+    stats = stats_summary(records, report)
+    assert stats["records"] == {"answer": 3, "frame": 2} and stats["detections"] == 7
+    assert stats["answers"] == {"count": 3, "by_task": {"caption": 1, "grounding": 1, "vqa": 1},
+                                "by_stop": {"deadline": 1, "eos": 1, "max_tokens": 1},
+                                "tokens": 41 + 256 + 17, "truncated": 1,
+                                "ms_total": {"vision": 760, "prefill": 440, "decode": 65_920}}
+    assert stats_summary(again, None)["answers"] == stats["answers"]
+    # the CLI: decode writes the report and the outputs; stats reads them back
+    path = tmp_path / "answers.bin"
+    path.write_bytes(stream_of(items))
+    code, out_line, err = run(capsys, "decode", path, "--out", tmp_path / "out")
+    assert code == 0 and err == ""
+    rep = json.loads((tmp_path / "out" / "report.json").read_text())
+    assert rep["records_by_kind"] == {"frame": 2, "answer": 3} and rep["frame_id_repeat_count"] == 0
+    jsonl = [json.loads(line) for line in (tmp_path / "out" / "records.jsonl").read_text().splitlines()]
+    assert sum(line["kind"] == "answer" for line in jsonl) == 3
+
+
+def test_a_repeated_vlm_frame_record_is_still_a_repeat():
+    items = answer_scenario()[:2]
+    again = dict(items[1][2], seq=6)
+    items.append((FRAME, encode_frame(**again), again))
+    _, report = decode_stream(stream_of(items))
+    assert report.frame_id_repeat_count == 1 and report.frame_id_repeats[0].frame_id == 200
+
+
 # ---- render ----------------------------------------------------------------------------------------
 
 def one_box_record(hw, boxes, class_ids=None, labels=None):
@@ -521,6 +618,7 @@ def test_fuzz_arbitrary_bytes(data):
 
 
 VALID = [packets_of(scenario(seed), max_packet_bytes=mpb) for seed, mpb in ((0, 64), (1, 200))]
+VALID.append(packets_of(answer_scenario(), max_packet_bytes=90))
 
 
 @st.composite
@@ -552,7 +650,7 @@ def test_fuzz_mutated_valid_streams(data):
 @st.composite
 def mutated_records(draw):
     """Records whose CBOR is damaged but whose packets are valid: every byte reaches decode_record."""
-    _, blob, _ = draw(st.sampled_from(scenario()))
+    _, blob, _ = draw(st.sampled_from(scenario() + answer_scenario()))
     blob = bytearray(blob)
     for _ in range(draw(st.integers(1, 4))):
         i = draw(st.integers(0, len(blob) - 1))

@@ -15,8 +15,8 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from edge.downlink import record as spec
-from edge.downlink.record import (encode_event, encode_frame, encode_housekeeping, model_id_of,
-                                  truncate_text)
+from edge.downlink.record import (encode_answer, encode_event, encode_frame, encode_housekeeping,
+                                  model_id_of, truncate_text)
 from edge.ground.records import RecordError, decode_record, georef_to_lonlat
 from tests.conftest import EXAMPLES_SCALE, examples
 
@@ -24,8 +24,7 @@ CDDL = (Path(__file__).resolve().parent.parent / "docs" / "downlink.cddl").read_
 SCHEMA = pycddl.Schema(CDDL)  # root: `record`, the choice of the kinds
 #: pycddl 0.6.4 leaks map keys between the alternatives of a choice, so a record is also validated
 #: against the rule of its own kind (equivalent: the kinds differ in key 0).
-KIND_SCHEMAS = {kind: pycddl.Schema(f"root = {name}-record\n" + CDDL)
-                for name, kind in spec.KINDS.items() if kind != spec.KIND_ANSWER}
+KIND_SCHEMAS = {kind: pycddl.Schema(f"root = {name}-record\n" + CDDL) for name, kind in spec.KINDS.items()}
 MODEL_ID = model_id_of("0123456789abcdef" * 4)
 GEOTRANSFORM = {"geotransform": [12.25, 1e-5, 0.0, 45.5, 0.0, -1e-5]}
 CORNERS = {"corners": [[45.5, 12.25], [45.5, 12.75], [45.0, 12.75], [45.0, 12.25]]}
@@ -69,6 +68,14 @@ def event_kwargs(**over):
     return kw
 
 
+def answer_kwargs(**over):
+    kw = dict(seq=10, time_ms=1_717_243_262_000, question_id=5, frame_id=42, model_id=MODEL_ID,
+              text="Two ships are moored at the pier.", tokens=9, stop="eos",
+              timings_ms={"vision": 380.4, "prefill": 220, "decode": 180.6}, task="vqa")
+    kw.update(over)
+    return kw
+
+
 # ---- every encoder output is a record of the CDDL ---------------------------------------------
 
 VALID_RECORDS = {
@@ -83,6 +90,11 @@ VALID_RECORDS = {
                                                                            errors=())),
     "event": lambda: encode_event(**event_kwargs()),
     "event-no-frame": lambda: encode_event(**event_kwargs(frame_id=None, code=6, text="")),
+    "answer": lambda: encode_answer(**answer_kwargs()),
+    "answer-standing-question": lambda: encode_answer(**answer_kwargs(
+        question_id=None, frame_id=None, task="caption", stop="max_tokens", text="", tokens=0,
+        timings_ms={})),
+    "answer-cut": lambda: encode_answer(**answer_kwargs(text="ü" * 700, task="grounding", stop=2)),
 }
 
 
@@ -108,6 +120,14 @@ def _event_map():
     return cbor2.loads(VALID_RECORDS["event"]())
 
 
+def _answer_map():
+    return cbor2.loads(VALID_RECORDS["answer"]())
+
+
+def _cut_answer_map():
+    return cbor2.loads(VALID_RECORDS["answer-cut"]())
+
+
 def _with(base, **changes):
     """A copy of record map `base` with keys set (k<id>=value) or removed (k<id>=DROP)."""
     rec = dict(base())
@@ -127,7 +147,9 @@ MALFORMED = {
     **{f"hk-missing-{k}": (_hk_map, {f"k{k}": DROP}) for k in spec.REQUIRED_KEYS[spec.KIND_HOUSEKEEPING]},
     **{f"event-missing-{k}": (_event_map, {f"k{k}": DROP}) for k in spec.REQUIRED_KEYS[spec.KIND_EVENT]},
     "kind-unknown": (_event_map, {"k0": 9}),
-    "kind-answer-not-defined": (_event_map, {"k0": 4}),
+    **{f"answer-missing-{k}": (_answer_map, {f"k{k}": DROP}) for k in spec.REQUIRED_KEYS[spec.KIND_ANSWER]},
+    "kind-answer-with-event-keys": (_event_map, {"k0": 4}),
+    "kind-event-with-answer-keys": (_answer_map, {"k0": 3}),
     "kind-text": (_event_map, {"k0": "event"}),
     "seq-negative": (_frame_map, {"k1": -1}),
     "seq-float": (_frame_map, {"k1": 7.0}),
@@ -175,6 +197,23 @@ MALFORMED = {
     "text-bytes": (_event_map, {"k17": b"already"}),
     "text-161-bytes": (_event_map, {"k17": "é" * 80 + "x"}),
     "event-boxes-key": (_event_map, {"k10": CBORTag(T16, b"")}),
+    "event-tokens-key": (_event_map, {"k21": 3}),
+    "answer-text-1025-bytes": (_answer_map, {"k17": "x" * 1025}),
+    "answer-text-bytes": (_answer_map, {"k17": b"Two ships"}),
+    "answer-model-id-3-bytes": (_answer_map, {"k4": b"abc"}),
+    "answer-task-text": (_answer_map, {"k24": "vqa"}),
+    "answer-stop-text": (_answer_map, {"k22": "eos"}),
+    "answer-tokens-negative": (_answer_map, {"k21": -1}),
+    "answer-question-id-float": (_answer_map, {"k20": 5.0}),
+    "answer-question-id-null": (_answer_map, {"k20": None}),
+    "answer-timings-2-entries": (_answer_map, {"k23": [1, 2]}),
+    "answer-timings-4-entries": (_answer_map, {"k23": [1, 2, 3, 4]}),
+    "answer-timings-negative": (_answer_map, {"k23": [1, -2, 3]}),
+    "answer-timings-float": (_answer_map, {"k23": [1.5, 2, 3]}),
+    "answer-timings-map": (_answer_map, {"k23": {0: 1, 1: 2, 2: 3}}),
+    "answer-text-bytes-text": (_cut_answer_map, {"k25": "1400"}),
+    "answer-boot-key": (_answer_map, {"k19": 3}),
+    "answer-boxes-key": (_answer_map, {"k10": CBORTag(T16, b"")}),
 }
 
 
@@ -200,6 +239,8 @@ BEYOND_CDDL = {
     "corner-longitude-200": (_frame_map, {"k7": {1: [[10.0, 200.0]] * 4}}, "lon"),
     "stage-p50-over-max": (_hk_map, {"k14": {4: [10, 9]}}, "p50"),
     "time-beyond-year-9999": (_event_map, {"k3": 2**63}, "9999"),
+    "answer-text-bytes-not-more-than-the-text": (_answer_map, {"k25": 33}, "text-bytes"),
+    "answer-text-bytes-zero": (_answer_map, {"k25": 0}, "text-bytes"),
 }
 PYCDDL_GAPS = {  # the CDDL says no; pycddl 0.6.4 does not enforce it
     "errors-9-entries": (_hk_map, {"k15": [[1, None, "x"]] * 9}, "at most 8"),
@@ -423,16 +464,26 @@ def test_tables():
                          (spec.COUNTERS, spec.COUNTER_NAMES), (spec.STAGES, spec.STAGE_NAMES),
                          (spec.EVENT_CODES, spec.EVENT_NAMES)):
         assert {v: k for k, v in table.items()} == names and len(names) == len(table)  # no id twice
-    assert sorted(spec.KEYS.values()) == list(range(20))
-    assert sorted(spec.COUNTERS.values()) == list(range(24))
+    for table, names in ((spec.TASKS, spec.TASK_NAMES), (spec.STOP_REASONS, spec.STOP_NAMES)):
+        assert {v: k for k, v in table.items()} == names and len(names) == len(table)
+    assert sorted(spec.KEYS.values()) == list(range(26))
+    assert sorted(spec.COUNTERS.values()) == list(range(28))
     assert sorted(spec.STAGES.values()) == list(range(11))
-    assert sorted(spec.EVENT_CODES.values()) == list(range(1, 17))
-    assert spec.PRIORITY_BY_KIND == {spec.KIND_FRAME: 2, spec.KIND_EVENT: 1, spec.KIND_HOUSEKEEPING: 0}
+    assert sorted(spec.EVENT_CODES.values()) == list(range(1, 19))
+    assert spec.TASKS == {"vqa": 0, "caption": 1, "grounding": 2}
+    assert spec.STOP_REASONS == {"eos": 0, "max_tokens": 1, "deadline": 2}
+    assert spec.TIMING_STAGES == ("vision", "prefill", "decode")
+    assert spec.PRIORITY_BY_KIND == {spec.KIND_FRAME: 2, spec.KIND_EVENT: 1, spec.KIND_HOUSEKEEPING: 0,
+                                     spec.KIND_ANSWER: 2}
+    assert set(spec.REQUIRED_KEYS) == set(spec.OPTIONAL_KEYS) == set(spec.KINDS.values())
+    # the CDDL states the same id tables for tasks and stop reasons as its comments
+    assert "0 vqa, 1 caption, 2 grounding" in CDDL and "0 eos, 1 max_tokens, 2 deadline" in CDDL
     for line in CDDL.splitlines():  # the CDDL's key constants are the table's
         name, _, value = line.partition(" = ")
         if value.isdigit() and name in spec.KEYS:
             assert spec.KEYS[name] == int(value), name
     assert "time-ms = 3" in CDDL and "detail = 17" in CDDL
+    assert f"kind-answer = {spec.KIND_ANSWER}" in CDDL
 
 
 def test_model_id_of():

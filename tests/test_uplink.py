@@ -52,6 +52,7 @@ COMMANDS = {
     "question": encode_command("question", id=7, text="How many ships near the pier?",
                                frame_id=42, image="frame_42.png"),
     "question_bare": encode_command("question", id=8, text="¿Nubes?"),
+    "question_grounding": encode_command("question", id=9, text="ships", task="grounding"),
 }
 FAST = settings(deadline=None, suppress_health_check=[HealthCheck.too_slow])
 
@@ -116,8 +117,15 @@ def test_command_arguments_and_ack_ranges_for_the_journal():
     assert cmd.name == "ack" and cmd.args["ranges"] == ((0, 9), (12, 12), (2**40, 2**64 - 1))
     assert cmd.seq_ranges() == [range(0, 10), range(12, 13), range(2**40, 2**64)]
     q = decode_command(COMMANDS["question"]).args
-    assert q == {"id": 7, "text": "How many ships near the pier?", "frame_id": 42, "image": "frame_42.png"}
+    assert q == {"id": 7, "text": "How many ships near the pier?", "frame_id": 42, "image": "frame_42.png",
+                 "task": None}
     assert decode_command(COMMANDS["question_bare"]).args["frame_id"] is None
+    assert decode_command(COMMANDS["question_grounding"]).args["task"] == "grounding"
+    for bad in (3, -1, "vqa", None):   # key 8 must be a known task id
+        with pytest.raises(up.CommandError, match="question task"):
+            decode_command(cbor2.dumps({0: 5, 4: 1, 5: "q", 8: bad}))
+    with pytest.raises(ValueError, match="question task"):
+        encode_command("question", id=1, text="q", task="count")
     s = decode_command(COMMANDS["set_config"]).args
     assert s == {"key": "detection.score_threshold", "value": 0.35}
     with pytest.raises(ValueError):
@@ -497,6 +505,7 @@ CDDL_VIOLATIONS = {
     "question empty text": {0: 5, 4: 1, 5: ""},
     "question negative id": {0: 5, 4: -1, 5: "q"},
     "question text too long": {0: 5, 4: 1, 5: "x" * 801},
+    "question unknown task": {0: 5, 4: 1, 5: "q", 8: 3},
 }
 #: The CDDL says no; pycddl 0.6.4 does not enforce it (docs/uplink.cddl header): the decoder does.
 PYCDDL_GAPS = {
@@ -761,14 +770,16 @@ def test_cli_commands(tmp_path, capsys):
     run_ground(["command", "enter-safe-mode", *common], capsys)
     run_ground(["command", "set-config", "detection.score_threshold", "0.4", *common], capsys)
     run_ground(["command", "set-config", "input.source", "spool/", *common], capsys)
-    summary = run_ground(["command", "question", "Any ships?", "--frame-id", "12", *common], capsys)
+    summary = run_ground(["command", "question", "Any ships?", "--frame-id", "12", "--task", "vqa", *common],
+                         capsys)
     assert summary["question_id"] == 5 and summary["command"] == "question"
     results = rx(tmp_path).feed(out.read_bytes())
     got = [(a.arsn, a.command.name, a.command.args) for a in accepted(results)]
     assert got == [(1, "leave_safe_mode", {}), (2, "enter_safe_mode", {}),
                    (3, "set_config", {"key": "detection.score_threshold", "value": 0.4}),
                    (4, "set_config", {"key": "input.source", "value": "spool/"}),
-                   (5, "question", {"id": 5, "text": "Any ships?", "frame_id": 12, "image": None})]
+                   (5, "question", {"id": 5, "text": "Any ships?", "frame_id": 12, "image": None,
+                                    "task": "vqa"})]
 
 
 def test_cli_usage_errors(tmp_path, capsys):

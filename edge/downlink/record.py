@@ -3,12 +3,14 @@
 The normative spec is docs/downlink.cddl (RFC 8610); docs/downlink.md explains it. This module
 holds the tables of that spec (keys, record kinds, counter / stage ids, event codes, journal
 priorities) as named constants and name <-> id dicts, shared with the ground decoder
-(edge/ground/records.py), and the three encoders:
+(edge/ground/records.py), and the four encoders:
 
   encode_frame(*, seq, frame_id, capture_time_ms, model_id, frame_hw, tiles, boxes, scores,
                class_ids=None, georef=None, labels=None) -> bytes
   encode_housekeeping(*, seq, time_ms, uptime_ms, boot, counters, stage_us, errors=()) -> bytes
   encode_event(*, seq, time_ms, boot, code, text, frame_id=None) -> bytes
+  encode_answer(*, seq, time_ms, question_id, frame_id=None, model_id, text, tokens, stop,
+                timings_ms, task="vqa") -> bytes
 
 Every input is validated before anything is encoded; a ValueError names the field first
 ("boxes: row 3 has x2 < x1"), so a bad record fails where it is made, never on the ground.
@@ -22,7 +24,9 @@ Encoding (what the ground gets back, docs/downlink.md "Records"):
   - box scale: ceil(max(height, width) / 65535), so every coordinate of the frame fits a uint16;
     key 11 is written only when that is >= 2 (frames wider or taller than 65535 pixels);
   - class ids: one uint8 each (tag 64), left out when every detection is class 0;
-  - texts (event detail, error entries): at most 160 UTF-8 bytes, cut on a character boundary.
+  - texts (event detail, error entries): at most 160 UTF-8 bytes, cut on a character boundary;
+  - answer texts (VLM): at most MAX_ANSWER_BYTES (1024) UTF-8 bytes, cut on a character boundary,
+    and then marked: key 25 (text-bytes) holds the answer's full length.
 The bytes are deterministic (cbor2 canonical: RFC 8949 core deterministic encoding, sorted keys,
 shortest exact float): the same inputs give the same record, so a redo after a restart can be
 recognised byte for byte.
@@ -62,13 +66,22 @@ KEY_CODE = 16
 KEY_TEXT = 17
 KEY_UPTIME = 18
 KEY_BOOT = 19
+# answer (VLM) keys
+KEY_QUESTION_ID = 20
+KEY_TOKENS = 21
+KEY_STOP = 22
+KEY_TIMINGS_MS = 23
+KEY_TASK = 24
+KEY_TEXT_BYTES = 25
 
 KEYS = {"kind": KEY_KIND, "seq": KEY_SEQ, "frame-id": KEY_FRAME_ID, "time": KEY_TIME,
         "model-id": KEY_MODEL_ID, "frame-size": KEY_FRAME_SIZE, "tiles": KEY_TILES,
         "georef": KEY_GEOREF, "class-ids": KEY_CLASS_IDS, "scores": KEY_SCORES,
         "boxes": KEY_BOXES, "box-scale": KEY_BOX_SCALE, "labels": KEY_LABELS,
         "counters": KEY_COUNTERS, "stage-us": KEY_STAGE_US, "errors": KEY_ERRORS,
-        "code": KEY_CODE, "text": KEY_TEXT, "uptime": KEY_UPTIME, "boot": KEY_BOOT}
+        "code": KEY_CODE, "text": KEY_TEXT, "uptime": KEY_UPTIME, "boot": KEY_BOOT,
+        "question-id": KEY_QUESTION_ID, "tokens": KEY_TOKENS, "stop": KEY_STOP,
+        "timings-ms": KEY_TIMINGS_MS, "task": KEY_TASK, "text-bytes": KEY_TEXT_BYTES}
 KEY_NAMES = {v: k for k, v in KEYS.items()}
 
 # ---- record kinds (key 0) and their journal priorities -----------------------------------------
@@ -76,7 +89,7 @@ KEY_NAMES = {v: k for k, v in KEYS.items()}
 KIND_FRAME = 1
 KIND_HOUSEKEEPING = 2
 KIND_EVENT = 3
-KIND_ANSWER = 4  # VLM answers: reserved, not defined yet
+KIND_ANSWER = 4  # VLM answers (VQA, captions, grounding's raw text)
 
 KINDS = {"frame": KIND_FRAME, "housekeeping": KIND_HOUSEKEEPING, "event": KIND_EVENT,
          "answer": KIND_ANSWER}
@@ -89,19 +102,23 @@ REQUIRED_KEYS = {
     KIND_HOUSEKEEPING: frozenset({KEY_KIND, KEY_SEQ, KEY_TIME, KEY_UPTIME, KEY_BOOT,
                                   KEY_COUNTERS, KEY_STAGE_US}),
     KIND_EVENT: frozenset({KEY_KIND, KEY_SEQ, KEY_TIME, KEY_BOOT, KEY_CODE, KEY_TEXT}),
+    KIND_ANSWER: frozenset({KEY_KIND, KEY_SEQ, KEY_TIME, KEY_MODEL_ID, KEY_TASK, KEY_TEXT,
+                            KEY_TOKENS, KEY_STOP, KEY_TIMINGS_MS}),
 }
 OPTIONAL_KEYS = {
     KIND_FRAME: frozenset({KEY_GEOREF, KEY_CLASS_IDS, KEY_BOX_SCALE, KEY_LABELS}),
     KIND_HOUSEKEEPING: frozenset({KEY_ERRORS}),
     KIND_EVENT: frozenset({KEY_FRAME_ID}),
+    KIND_ANSWER: frozenset({KEY_QUESTION_ID, KEY_FRAME_ID, KEY_TEXT_BYTES}),
 }
 
 PRIORITY_HOUSEKEEPING = 0
 PRIORITY_EVENT = 1
 PRIORITY_FRAME = 2
+PRIORITY_ANSWER = 2   # an answer costs seconds of compute, like a frame's detections
 #: Journal eviction order: when the journal is full the lowest priority goes first, oldest first.
 PRIORITY_BY_KIND = {KIND_FRAME: PRIORITY_FRAME, KIND_EVENT: PRIORITY_EVENT,
-                    KIND_HOUSEKEEPING: PRIORITY_HOUSEKEEPING}
+                    KIND_HOUSEKEEPING: PRIORITY_HOUSEKEEPING, KIND_ANSWER: PRIORITY_ANSWER}
 
 # ---- counters (key 13), stages (key 14), event codes (key 16 and error entries) ----------------
 
@@ -112,6 +129,9 @@ COUNTERS = {
     "model_errors": 13, "restarts": 14, "scrub_checked_bytes": 15, "scrub_corrected": 16,
     "scrub_restored": 17, "scrub_unrecoverable": 18, "uplink_rejected": 19,
     "journal_dropped_bytes": 20, "config_errors": 21, "scrub_passes": 22, "weights_unprotected": 23,
+    # VLM (edge/vlm): questions that got no answer; model answers rejected as a whole (nothing
+    # usable in a grounding answer); answer records journaled; grounding items dropped by validation
+    "vlm_errors": 24, "vlm_rejected": 25, "vlm_answers": 26, "vlm_items_skipped": 27,
 }
 COUNTER_NAMES = {v: k for k, v in COUNTERS.items()}
 
@@ -123,9 +143,18 @@ EVENT_CODES = {
     "input_error": 1, "model_error": 2, "config_error": 3, "journal_recovered": 4,
     "journal_evicted": 5, "started": 6, "stopped": 7, "frame_skipped": 8, "worker_restart": 9,
     "safe_mode_entered": 10, "safe_mode_left": 11, "scrub_corrected": 12, "scrub_restored": 13,
-    "scrub_unrecoverable": 14, "uplink_rejected": 15, "watchdog": 16,
+    "scrub_unrecoverable": 14, "uplink_rejected": 15, "watchdog": 16, "vlm_error": 17,
+    "vlm_rejected": 18,
 }
 EVENT_NAMES = {v: k for k, v in EVENT_CODES.items()}
+
+#: VLM tasks (key 24) and why generation stopped (key 22).
+TASKS = {"vqa": 0, "caption": 1, "grounding": 2}
+TASK_NAMES = {v: k for k, v in TASKS.items()}
+STOP_REASONS = {"eos": 0, "max_tokens": 1, "deadline": 2}
+STOP_NAMES = {v: k for k, v in STOP_REASONS.items()}
+#: The order of the timings array (key 23), milliseconds each.
+TIMING_STAGES = ("vision", "prefill", "decode")
 
 # ---- encoding constants --------------------------------------------------------------------------
 
@@ -140,6 +169,7 @@ MODEL_ID_BYTES = 4        # first bytes of the model file's sha256
 SCORE_LEVELS = 255        # score -> round(score * 255), one uint8
 BOX_VALUE_MAX = 65535     # largest uint16 box value
 MAX_TEXT_BYTES = 160      # event detail and error-entry text, UTF-8 bytes
+MAX_ANSWER_BYTES = 1024   # answer text (VLM), UTF-8 bytes; longer answers are cut and marked
 MAX_ERRORS = 8            # error entries per housekeeping record, the most recent
 MAX_LABELS = 256          # class ids are uint8
 UINT64_MAX = 2**64 - 1    # CBOR unsigned integers are at most 64 bits
@@ -536,6 +566,76 @@ def encode_event(*, seq, time_ms, boot, code, text, frame_id=None) -> bytes:
         KEY_CODE: _event_code(code, "code"),
         KEY_TEXT: _text(text, "text"),
     }
+    if frame_id is not None:
+        record[KEY_FRAME_ID] = _uint(frame_id, "frame_id")
+    return _dumps(record)
+
+
+# ---- answer -----------------------------------------------------------------------------------
+
+def _named_id(value, table: dict, names: dict, name: str) -> int:
+    if isinstance(value, str):
+        if value not in table:
+            raise ValueError(f"{name}: unknown {name} {value!r} (known: {', '.join(table)})")
+        return table[value]
+    ident = _uint(value, name)
+    if ident not in names:
+        raise ValueError(f"{name}: unknown {name} id {ident} (known: {sorted(names)})")
+    return ident
+
+
+def _timings_ms(timings) -> list[int]:
+    if not isinstance(timings, Mapping):
+        raise ValueError("timings_ms: must be a mapping {vision, prefill, decode} -> milliseconds, "
+                         f"got {timings!r}")
+    unknown = set(timings) - set(TIMING_STAGES)
+    if unknown:
+        raise ValueError(f"timings_ms: unknown stage(s) {sorted(map(str, unknown))} "
+                         f"(known: {', '.join(TIMING_STAGES)})")
+    out = []
+    for stage in TIMING_STAGES:
+        value = timings.get(stage, 0)
+        if isinstance(value, numbers.Integral) and not isinstance(value, (bool, np.bool_)):
+            ms = int(value)
+        else:  # measured durations come as floats: whole milliseconds on the wire
+            ms = round(_finite_float(value, f"timings_ms.{stage}"))
+        if ms < 0:
+            raise ValueError(f"timings_ms.{stage}: must be >= 0 ms, got {value}")
+        out.append(_uint(ms, f"timings_ms.{stage}"))
+    return out
+
+
+def encode_answer(*, seq, time_ms, question_id, frame_id=None, model_id: bytes, text, tokens,
+                  stop, timings_ms, task="vqa") -> bytes:
+    """The answer record (kind 4) of one VLM answer.
+
+    question_id: the uplinked / queued question's id, or None for the mission's standing question
+    ([vlm] question, asked of every frame); frame_id: the frame asked about, if any; model_id: 4
+    bytes (the VLM's id); text: the answer, cut to MAX_ANSWER_BYTES UTF-8 bytes on a character
+    boundary (then key 25 holds the full length); tokens: generated tokens; stop: "eos" /
+    "max_tokens" / "deadline" (or its id); timings_ms: {"vision", "prefill", "decode"} ms (a
+    missing stage is 0); task: "vqa" / "caption" / "grounding" (or its id)."""
+    if not isinstance(model_id, (bytes, bytearray)) or len(model_id) != MODEL_ID_BYTES:
+        raise ValueError(f"model_id: must be {MODEL_ID_BYTES} bytes, got {model_id!r}")
+    if not isinstance(text, str):
+        raise ValueError(f"text: must be a string, got {type(text).__name__}")
+    record = {
+        KEY_KIND: KIND_ANSWER,
+        KEY_SEQ: _uint(seq, "seq"),
+        KEY_TIME: _uint(time_ms, "time_ms"),
+        KEY_MODEL_ID: bytes(model_id),
+        KEY_TASK: _named_id(task, TASKS, TASK_NAMES, "task"),
+        KEY_TOKENS: _uint(tokens, "tokens"),
+        KEY_STOP: _named_id(stop, STOP_REASONS, STOP_NAMES, "stop"),
+        KEY_TIMINGS_MS: _timings_ms(timings_ms),
+    }
+    full = len(text.encode("utf-8", errors="backslashreplace"))
+    cut = truncate_text(text, MAX_ANSWER_BYTES)
+    record[KEY_TEXT] = cut
+    if len(cut.encode("utf-8")) < full:
+        record[KEY_TEXT_BYTES] = full
+    if question_id is not None:
+        record[KEY_QUESTION_ID] = _uint(question_id, "question_id")
     if frame_id is not None:
         record[KEY_FRAME_ID] = _uint(frame_id, "frame_id")
     return _dumps(record)

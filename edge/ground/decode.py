@@ -17,8 +17,10 @@ edge/ground/records.py (decode_record); this module adds what only the record la
     others are counted, and counted again as conflicts when their bytes differ;
   - seq gaps: seq numbers missing between the lowest and the highest seen (records evicted from
     the journal or lost on the link);
-  - frame ids: every frame record's frame id; one frame id in frame records of different seq is a
-    repeat (a frame processed twice: exactly-once delivery depends on seeing it).
+  - frame ids: every frame record's frame id; one frame id in frame records of different seq and
+    the same model id is a repeat (a frame processed twice: exactly-once delivery depends on seeing
+    it). A frame's detector record and the record of a VLM grounding answer about the same frame
+    have different model ids: not a repeat.
 Class names: the record's own labels, else the classes of the manifest model whose file sha256
 starts with the record's model id, else "class_<id>".
 """
@@ -62,8 +64,8 @@ class SeqGap(NamedTuple):
 
 class FrameIdRepeat(NamedTuple):
     frame_id: int
-    first_seq: int         # the frame record seen first with this frame id
-    seq: int               # a later one with the same frame id and another seq
+    first_seq: int         # the frame record seen first with this frame id (and model id)
+    seq: int               # a later one with the same frame id and model id and another seq
 
 
 @dataclass
@@ -184,7 +186,7 @@ class StreamDecoder:
         self._names = ClassNames(manifest)
         self.report = DecodeReport(packets=self._depacketizer.report)
         self._digest_by_seq: dict[int, bytes] = {}
-        self._seq_by_frame_id: dict[int, int] = {}
+        self._seq_by_frame_id: dict[tuple[int, str], int] = {}   # (frame id, model id) -> first seq
         self._finished = False
 
     def feed(self, chunk) -> list[DecodedRecord]:
@@ -230,7 +232,7 @@ class StreamDecoder:
         report.records_ok += 1
         report.records_by_kind[record.kind] = report.records_by_kind.get(record.kind, 0) + 1
         if record.kind == "frame":
-            first_seq = self._seq_by_frame_id.setdefault(record.frame_id, record.seq)
+            first_seq = self._seq_by_frame_id.setdefault((record.frame_id, record.model_id), record.seq)
             if first_seq != record.seq:
                 report.frame_id_repeat_count += 1
                 if len(report.frame_id_repeats) < MAX_LISTED:
@@ -250,7 +252,7 @@ class StreamDecoder:
                 report.seq_gap_count += 1
                 if len(report.seq_gaps) < MAX_LISTED:
                     report.seq_gaps.append(SeqGap(last + 1, nxt - 1, nxt - last - 1))
-        frame_ids = sorted(self._seq_by_frame_id)
+        frame_ids = sorted({fid for fid, _ in self._seq_by_frame_id})
         report.frame_ids = len(frame_ids)
         report.frame_id_ranges = [list(r) for r in _runs(frame_ids)[:MAX_LISTED]]
 

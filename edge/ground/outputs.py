@@ -10,7 +10,8 @@ Every writer takes one DecodedRecord at a time (edge/ground/decode.py), so a str
 goes to every format in one pass without being held in memory. Text files are UTF-8 text opened by
 the caller ("w", newline="" for CSV).
 
-JSON Lines: one object per record with all of its fields; a frame's detections are a list of
+JSON Lines: one object per record with all of its fields (an answer record's: question_id, task,
+text, text_bytes (set when the text was cut), tokens, stop, timings_ms); a frame's detections are a list of
 {class_id, label, score, bbox: [x1, y1, x2, y2] (pixels)} plus, when the frame is georeferenced,
 lon / lat of the box centre and `corners`, [lon, lat] of the box corners (x1,y1) (x2,y1) (x2,y2)
 (x1,y2). When the writer is closed with the decode report, a last line {"kind": "stream_report",
@@ -22,7 +23,9 @@ in [lon, lat] (closed ring, counter-clockwise; a box across the antimeridian is 
 MultiPolygon) when its frame is georeferenced, else null with the pixel box in the properties (frame_id, seq, time, model_id, class_id, label, score, bbox_px).
 
 CSV: one row per detection: seq, frame_id, time_utc, model_id, class_id, label, score, x1, y1,
-x2, y2, lon, lat (lon / lat of the box centre, empty when not georeferenced).
+x2, y2, lon, lat (lon / lat of the box centre, empty when not georeferenced). Answers have no
+detections: they are in the JSON Lines and the stats (a grounding answer's detections come in its
+frame record, so they are rows like any other).
 """
 from __future__ import annotations
 
@@ -45,7 +48,10 @@ ANTIMERIDIAN = 180.0
 _FRAME_FIELDS = ("frame_id", "model_id", "frame_size", "tiles", "georef", "box_scale", "labels")
 _HOUSEKEEPING_FIELDS = ("uptime_ms", "boot", "counters", "stage_us", "errors")
 _EVENT_FIELDS = ("frame_id", "boot", "code", "text")
-_FIELDS = {"frame": _FRAME_FIELDS, "housekeeping": _HOUSEKEEPING_FIELDS, "event": _EVENT_FIELDS}
+_ANSWER_FIELDS = ("frame_id", "question_id", "model_id", "task", "text", "text_bytes", "tokens", "stop",
+                  "timings_ms")
+_FIELDS = {"frame": _FRAME_FIELDS, "housekeeping": _HOUSEKEEPING_FIELDS, "event": _EVENT_FIELDS,
+           "answer": _ANSWER_FIELDS}
 
 
 def _num(value: float):
@@ -215,6 +221,13 @@ def _record_from_json(obj) -> DecodedRecord:
         fields["counters"] = {str(k): int(v) for k, v in obj["counters"].items()}
         fields["stage_us"] = {k: tuple(v) for k, v in obj["stage_us"].items()}
         fields["errors"] = [ErrorEntry(e["code"], e["frame_id"], e["text"]) for e in obj["errors"]]
+    elif kind == "answer":
+        for name in ("task", "stop", "text", "model_id"):
+            fields[name] = str(fields[name])
+        fields["timings_ms"] = {str(k): int(v) for k, v in obj["timings_ms"].items()}
+        for name in ("question_id", "tokens", "text_bytes"):
+            if fields[name] is not None:
+                fields[name] = int(fields[name])
     else:
         fields["code"] = str(fields["code"])
     for name in ("frame_id", "boot", "uptime_ms", "box_scale"):
@@ -291,6 +304,11 @@ class Stats:
         self.tiles = dict.fromkeys(TILE_KEYS, 0)
         self.events: Counter = Counter()
         self.last_housekeeping: Record | None = None
+        self.answers_by_task: Counter = Counter()
+        self.answers_by_stop: Counter = Counter()
+        self.answer_tokens = 0
+        self.answers_truncated = 0
+        self.answer_ms = dict.fromkeys(("vision", "prefill", "decode"), 0)
 
     def write(self, decoded: DecodedRecord) -> None:
         r = decoded.record
@@ -302,6 +320,13 @@ class Stats:
                 self.tiles[key] += r.tiles[key]
         elif r.kind == "event":
             self.events[r.code] += 1
+        elif r.kind == "answer":
+            self.answers_by_task[r.task] += 1
+            self.answers_by_stop[r.stop] += 1
+            self.answer_tokens += r.tokens
+            self.answers_truncated += r.text_truncated
+            for stage, ms in r.timings_ms.items():
+                self.answer_ms[stage] = self.answer_ms.get(stage, 0) + ms
         elif r.kind == "housekeeping":
             # the newest by seq: re-sent records may arrive after newer ones
             if self.last_housekeeping is None or r.seq > self.last_housekeeping.seq:
@@ -322,6 +347,11 @@ class Stats:
             "detections_by_label": dict(sorted(self.by_label.items())),
             "tiles": dict(self.tiles),
             "events_by_code": dict(sorted(self.events.items())),
+            "answers": {"count": self.by_kind.get("answer", 0),
+                        "by_task": dict(sorted(self.answers_by_task.items())),
+                        "by_stop": dict(sorted(self.answers_by_stop.items())),
+                        "tokens": self.answer_tokens, "truncated": self.answers_truncated,
+                        "ms_total": dict(self.answer_ms)},
             "last_housekeeping": None if hk is None else {
                 "seq": hk.seq, "time_utc": hk.time_utc, "boot": hk.boot, "uptime_ms": hk.uptime_ms,
                 "counters": dict(hk.counters)},

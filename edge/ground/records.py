@@ -4,7 +4,8 @@
   georef_to_lonlat(georef, cols, rows, *, frame_size=None) -> (lon, lat)
 
 decode_record checks a record against docs/downlink.cddl (the normative spec) and against the rules
-the CDDL cannot say (typed-array lengths, tile sum, class ids < labels, p50 <= max, georef ranges),
+the CDDL cannot say (typed-array lengths, tile sum, class ids < labels, p50 <= max, georef ranges,
+an answer's text-bytes > its text),
 and turns ids into names with the tables of edge/downlink/record.py. Anything else is a RecordError
 (a ValueError) whose message names the problem: "boxes: 40 bytes for 4 scores (want 32)".
 
@@ -19,8 +20,8 @@ bounds its work before cbor2 sees the input:
   - whatever cbor2 raises on malformed CBOR (CBORDecodeError, ValueError, OverflowError,
     MemoryError, ...) becomes a RecordError.
 
-Unknown ids decode as names that keep the id: counter_<id>, stage_<id>, event_<id>; the flight
-tables may grow before the ground's do.
+Unknown ids decode as names that keep the id: counter_<id>, stage_<id>, event_<id>, task_<id>,
+stop_<id>; the flight tables may grow before the ground's do.
 """
 from __future__ import annotations
 
@@ -62,13 +63,13 @@ class ErrorEntry(NamedTuple):
 class Record:
     """One decoded record. Fields of other kinds are None (detections: empty arrays)."""
 
-    kind: str                      # "frame", "housekeeping", "event"
+    kind: str                      # "frame", "housekeeping", "event", "answer"
     seq: int
     time_ms: int                   # ms since 1970-01-01T00:00:00Z: capture (frame) or emission time
     time_utc: str                  # the same, ISO 8601: "2024-06-01T12:00:00.123Z"
-    frame_id: int | None = None    # frame; event (when about a frame)
+    frame_id: int | None = None    # frame; event, answer (when about a frame)
     # frame
-    model_id: str | None = None    # 8 hex digits: the first 4 bytes of the model's sha256
+    model_id: str | None = None    # 8 hex digits: the first 4 bytes of the model's sha256 (answer too)
     frame_size: tuple[int, int] | None = None  # (height, width) pixels
     tiles: dict[str, int] | None = None        # total, nodata, cloud, inferred
     georef: dict | None = None     # {"geotransform": [6 floats]} or {"corners": [[lat, lon]] * 4}
@@ -85,7 +86,19 @@ class Record:
     errors: list[ErrorEntry] | None = None
     # event
     code: str | None = None        # event code name (event_<id> when unknown)
-    text: str | None = None
+    text: str | None = None        # event detail; answer text
+    # answer (VLM)
+    question_id: int | None = None   # None: the mission's standing question
+    task: str | None = None          # "vqa", "caption", "grounding" (task_<id> when unknown)
+    tokens: int | None = None        # tokens generated
+    stop: str | None = None          # "eos", "max_tokens", "deadline" (stop_<id> when unknown)
+    timings_ms: dict[str, int] | None = None   # vision, prefill, decode
+    text_bytes: int | None = None    # the full answer's UTF-8 bytes when the text was cut, else None
+
+    @property
+    def text_truncated(self) -> bool:
+        """An answer whose text was cut to fit the record (text_bytes says how long it was)."""
+        return self.text_bytes is not None
 
     @property
     def n_detections(self) -> int:
@@ -339,8 +352,33 @@ def _event(rec: dict, common: dict) -> Record:
                   text=_text(rec[spec.KEY_TEXT], "text", spec.MAX_TEXT_BYTES))
 
 
+def _answer(rec: dict, common: dict) -> Record:
+    model_id = rec[spec.KEY_MODEL_ID]
+    if type(model_id) is not bytes or len(model_id) != spec.MODEL_ID_BYTES:
+        raise RecordError(f"model-id: must be {spec.MODEL_ID_BYTES} bytes, got {_type_name(model_id)} "
+                          f"{_short(model_id)}")
+    text = _text(rec[spec.KEY_TEXT], "text", spec.MAX_ANSWER_BYTES)
+    text_bytes = None
+    if spec.KEY_TEXT_BYTES in rec:
+        text_bytes = _uint(rec[spec.KEY_TEXT_BYTES], "text-bytes")
+        if text_bytes <= len(text.encode("utf-8")):
+            raise RecordError(f"text-bytes: {text_bytes} is not more than the {len(text.encode('utf-8'))} "
+                              "bytes of the text (present only when the answer was cut)")
+    timings = _array(rec[spec.KEY_TIMINGS_MS], "timings-ms", len(spec.TIMING_STAGES))
+    timings_ms = {stage: _uint(v, f"timings-ms.{stage}") for stage, v in zip(spec.TIMING_STAGES, timings)}
+    question_id = (_uint(rec[spec.KEY_QUESTION_ID], "question-id")
+                   if spec.KEY_QUESTION_ID in rec else None)
+    frame_id = _uint(rec[spec.KEY_FRAME_ID], "frame-id") if spec.KEY_FRAME_ID in rec else None
+    return Record(**common, frame_id=frame_id, model_id=model_id.hex(), text=text,
+                  question_id=question_id,
+                  task=_id_name(spec.TASK_NAMES, "task", _uint(rec[spec.KEY_TASK], "task")),
+                  tokens=_uint(rec[spec.KEY_TOKENS], "tokens"),
+                  stop=_id_name(spec.STOP_NAMES, "stop", _uint(rec[spec.KEY_STOP], "stop")),
+                  timings_ms=timings_ms, text_bytes=text_bytes)
+
+
 _DECODERS = {spec.KIND_FRAME: _frame, spec.KIND_HOUSEKEEPING: _housekeeping,
-             spec.KIND_EVENT: _event}
+             spec.KIND_EVENT: _event, spec.KIND_ANSWER: _answer}
 
 
 def decode_record(data: bytes) -> Record:

@@ -37,8 +37,8 @@ from edge.downlink.packets import PEC_LEN, SEQ_COUNT_MODULO, SEQ_UNSEGMENTED, cr
 from edge.sources import DurableCounter
 from edge.uplink import (ARSN_MAX, COMMAND_CODES, DEFAULT_MAX_TC_PACKET_BYTES, DEFAULT_SPI, KEY_CMD,
                          KEY_CONFIG_KEY, KEY_CONFIG_VALUE, KEY_FRAME_ID, KEY_IMAGE, KEY_QUESTION_ID,
-                         KEY_QUESTION_TEXT, KEY_RANGES, MAC_LEN, SECURITY_HEADER, TC_OVERHEAD_BYTES,
-                         TC_PACKET_ID, CommandError, check_key, compute_mac,
+                         KEY_QUESTION_TEXT, KEY_RANGES, KEY_TASK, MAC_LEN, QUESTION_TASKS, SECURITY_HEADER,
+                         TC_OVERHEAD_BYTES, TC_PACKET_ID, CommandError, check_key, compute_mac,
                          decode_command, load_key)
 
 
@@ -61,6 +61,12 @@ def _command_map(name: str, params: dict) -> dict:
             value = params.pop(key, None)
             if value is not None:
                 m[k] = value
+        task = params.pop("task", None)
+        if task is not None:
+            ids = {v: k for k, v in QUESTION_TASKS.items()}
+            if task not in ids:
+                raise ValueError(f"question task: one of {', '.join(ids)}, got {task!r}")
+            m[KEY_TASK] = ids[task]
     if params:
         raise ValueError(f"{name}: unexpected parameters {sorted(params)}")
     return m
@@ -69,7 +75,7 @@ def _command_map(name: str, params: dict) -> dict:
 def encode_command(name: str, **params) -> bytes:
     """The CBOR command map of `name` ("ack" ranges=[[lo, hi], ...]; "leave_safe_mode";
     "enter_safe_mode"; "set_config" key="section.key", value=...; "question" id=, text=,
-    frame_id=None, image=None). Deterministic CBOR (RFC 8949 core: sorted keys, shortest forms).
+    frame_id=None, image=None, task=None ("vqa" | "caption" | "grounding")). Deterministic CBOR (RFC 8949 core: sorted keys, shortest forms).
     Raises ValueError when the board would refuse it (the board's decoder is run on it)."""
     try:
         blob = cbor2.dumps(_command_map(name, params), canonical=True)
@@ -261,7 +267,7 @@ def _command(args) -> int:
         params = {"key": args.config_key, "value": _config_value(args.value)}
     elif name == "question":
         params = {"id": args.id if args.id is not None else signer.next_arsn, "text": args.text,
-                  "frame_id": args.frame_id, "image": args.image}
+                  "frame_id": args.frame_id, "image": args.image, "task": args.task}
     try:
         command = encode_command(name, **params)
     except ValueError as e:
@@ -316,6 +322,8 @@ def add_uplink_parsers(subparsers):
     q.add_argument("--id", type=_uint, help="question id (default: the packet's ARSN)")
     q.add_argument("--frame-id", type=_uint, help="the frame it is about")
     q.add_argument("--image", help="an image name on the board")
+    q.add_argument("--task", choices=tuple(QUESTION_TASKS.values()),
+                   help="vqa, caption or grounding (default: the mission's [vlm] task)")
     q.set_defaults(func=_command, command_name="question")
     return p
 

@@ -5,7 +5,7 @@ One message is MESSAGE_BYTES = 16 bytes, little-endian (struct MESSAGE_FORMAT):
     offset  size  field
     0       1     magic      MAGIC (0xB7): a sanity check, the reader resynchronises on it
     1       1     kind       BEAT, READY, SAFE_MODE_REQUEST, STOPPING
-    2       1     stage id   record.STAGES ids (0..10), then START, IDLE, SAFE, SCRUB; OTHER for unknown
+    2       1     stage id   record.STAGES ids (0..10), then START, IDLE, SAFE, SCRUB, VLM_*; OTHER: unknown
     3       1     reserved   0
     4       4     frame id   u32, the frame being worked on (0: none)
     8       8     t_ns       the worker's time.monotonic_ns() (CLOCK_MONOTONIC: the same clock the
@@ -56,9 +56,18 @@ STAGE_START = 32   # process started, loading the model (the supervisor's startu
 STAGE_IDLE = 33    # spool empty, polling
 STAGE_SAFE = 34    # safe mode: housekeeping and downlink only
 STAGE_SCRUB = 35   # the memory scrubber's pass
+# The on-board VLM (edge/vlm/service.py), beaten with the frame asked about: one-off setup (loading
+# the model at its first question; a frame's conversion to the VLM's RGB image), one vision-encoder
+# run, the prefill, and EVERY decoded token -- so the deadline that watches a long answer is one
+# token step, never the whole answer (supervisor.py: LOAD_STAGES, SLOW_FIRST_STAGES).
+STAGE_VLM_SETUP = 36
+STAGE_VLM_VISION = 37
+STAGE_VLM_PREFILL = 38
+STAGE_VLM_DECODE = 39
 STAGE_OTHER = 255  # a stage name this table does not know (a beat must never fail)
 STAGES = dict(RECORD_STAGES, start=STAGE_START, idle=STAGE_IDLE, safe=STAGE_SAFE, scrub=STAGE_SCRUB,
-              other=STAGE_OTHER)
+              vlm_setup=STAGE_VLM_SETUP, vlm_vision=STAGE_VLM_VISION, vlm_prefill=STAGE_VLM_PREFILL,
+              vlm_decode=STAGE_VLM_DECODE, other=STAGE_OTHER)
 STAGE_NAMES = {v: k for k, v in STAGES.items()}
 
 _STRUCT = struct.Struct(MESSAGE_FORMAT)

@@ -80,6 +80,15 @@ RESTARTS_STATE_NAME = "restarts"
 MAX_PENDING_EVENTS = 64
 #: The stage whose deadline is the startup deadline (a worker beats it before loading the model).
 START_STAGE = "start"
+#: One-off stages in the middle of a run -- the on-board VLM loading at its first question, a frame's
+#: conversion to the VLM's image: always the startup deadline, never learned (a learned median of the
+#: conversions would kill the next worker's model load).
+LOAD_STAGES = frozenset({"vlm_setup"})
+#: Stages that run once per VLM answer and take seconds on a flight board (a vision-encoder run, the
+#: prefill of a few hundred tokens): until they have min_samples measurements their deadline is
+#: max(default, startup) instead of the default. A decoded token ("vlm_decode") is an ordinary
+#: stage: beaten per token, its learned deadline is a token step, not the whole answer.
+SLOW_FIRST_STAGES = frozenset({"vlm_vision", "vlm_prefill"})
 
 
 # ---- settings -------------------------------------------------------------------------------------
@@ -141,7 +150,8 @@ def validate_settings(supervisor: Mapping | None = None, watchdog: Mapping | Non
 class StageDeadlines:
     """Per-stage deadlines: an override, else max(floor_s, factor x median(last `samples` durations))
     once a stage has `min_samples`, else `default_s`. The "start" stage (and the time to the first
-    beat) has `startup_s`, unless overridden."""
+    beat) and the LOAD_STAGES have `startup_s`, unless overridden; SLOW_FIRST_STAGES have
+    max(default_s, startup_s) until learned."""
 
     def __init__(self, *, startup_s: float, default_s: float, floor_s: float, factor: float,
                  samples: int, min_samples: int, overrides: Mapping | None = None):
@@ -165,7 +175,7 @@ class StageDeadlines:
 
     def record(self, stage: str, seconds: float) -> None:
         """One measured duration of `stage` (from its beat to the next beat)."""
-        if stage == START_STAGE or seconds < 0:
+        if stage == START_STAGE or stage in LOAD_STAGES or seconds < 0:
             return
         ring = self._durations.get(stage)
         if ring is None:
@@ -183,10 +193,12 @@ class StageDeadlines:
     def _derive(self, stage: str) -> float:
         if stage in self.overrides:
             return self.overrides[stage]
-        if stage == START_STAGE:
+        if stage == START_STAGE or stage in LOAD_STAGES:
             return self.startup_s
         ring = self._durations.get(stage)
         if ring is None or len(ring) < self.min_samples:
+            if stage in SLOW_FIRST_STAGES:
+                return max(self.default_s, self.startup_s)
             return self.default_s
         return max(self.floor_s, self.factor * statistics.median(ring))
 
