@@ -22,7 +22,8 @@ as overrides (`apply_overrides`) and validates the result the same way.
                  overlap, max_tiles (grounding over a frame), image_max_side (VQA / captions), task
                  (task of uplinked questions and of the standing question), question (standing
                  question asked of every frame; none: only queued / uplinked questions),
-                 merge_threshold (IoS of the cross-tile merge)  (edge/vlm/service.py, docs/vlm.md)
+                 merge_threshold (IoS of the cross-tile merge), memory ("copy" | "owned": the
+                 weights under the scrubber)  (edge/vlm/service.py, docs/vlm.md)
     [supervisor] stage deadlines, restart backoff, safe mode (edge/reliability/supervisor.py)
     [watchdog]   device, timeout_s, pet_interval_s
 The defaults are the demo's: the shipped int8 ship model on 12-bit B, G, R, NIR frames.
@@ -78,7 +79,11 @@ DEFAULTS: dict = {
     # the detector-only flight path never imports edge.vlm.
     "vlm": {"enabled": False, "model_dir": None, "variant": None, "threads": 2,
             "max_new_tokens": 256, "deadline_s": 60.0, "tile": 512, "overlap": 64, "max_tiles": 16,
-            "image_max_side": 512, "task": "vqa", "question": None, "merge_threshold": 0.5},
+            "image_max_side": 512, "task": "vqa", "question": None, "merge_threshold": 0.5,
+            # "copy": ONNX Runtime's own (prepacked, faster) copy of the weights, which the scrubber
+            # cannot see; "owned": arrays orbit-edge owns, scrubbed once the model is loaded
+            # (edge/reliability/regions.py protect_vlm, docs/reliability.md "The VLM's weights")
+            "memory": "copy"},
 }
 # [supervisor] and [watchdog]: their keys, defaults and checks live with the supervisor
 # (edge/reliability/supervisor.py SUPERVISOR_DEFAULTS, validate_settings).
@@ -268,6 +273,7 @@ def _validate_vlm(v: dict) -> None:
         if n > MAX_VLM_QUESTION_BYTES:
             raise ConfigError(f"vlm.question: at most {MAX_VLM_QUESTION_BYTES} UTF-8 bytes, got {n}")
     _real(v["merge_threshold"], "vlm.merge_threshold", 0, 1)
+    _choice(v["memory"], "vlm.memory", MEMORY_MODES)
 
 
 def _validate_supervisor(supervisor: dict, watchdog: dict) -> dict:

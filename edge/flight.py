@@ -19,6 +19,9 @@ spool's `*.questions.json` files and the uplinked `question` commands durably; a
 detector record is journaled, the questions due on that frame (and the standing [vlm] question) are
 answered from its pixels, each answer journaled and fsynced before its question is marked done.
 With [vlm] off, edge.vlm is never imported and an uplinked question is reported as not handled.
+With vlm.memory = "owned" the service adds the VLM's weights to the running scrubber when it loads
+the model; an unrecoverable block there ("vlm/" regions) is handed to the service, which drops and
+reloads the model, instead of sending the board to safe mode (docs/reliability.md "The VLM's weights").
 """
 from __future__ import annotations
 
@@ -246,7 +249,13 @@ class FlightLoop:
         while self._scrub_events:
             code, text = self._scrub_events.popleft()
             self._event(code, text)
-            if code == "scrub_unrecoverable":
+            if code != "scrub_unrecoverable":
+                continue
+            if self.vlm is not None and text.startswith("vlm/"):
+                # the optional VLM's weights (regions "vlm/...", added by edge/vlm/service.py): the
+                # service drops the model and reloads it; the board does not enter safe mode for it
+                self.vlm.weights_failed(text)
+            else:
                 self.unrecoverable = True
 
     def _scrub_counters(self) -> dict:

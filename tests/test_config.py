@@ -69,7 +69,8 @@ def test_vlm_defaults_are_off_and_complete():
     assert v["enabled"] is False and v["model_dir"] is None and v["question"] is None
     assert set(v) == {"enabled", "model_dir", "variant", "threads", "max_new_tokens", "deadline_s",
                       "tile", "overlap", "max_tiles", "image_max_side", "task", "question",
-                      "merge_threshold"}
+                      "merge_threshold", "memory"}
+    assert v["memory"] == "copy"   # ONNX Runtime's own copy unless the mission asks for scrubbing
     on = validate({"vlm": {"enabled": True, "model_dir": "models/vlm/tiny", "variant": "q8",
                            "task": "grounding", "question": "ships", "deadline_s": 5}})
     assert on.vlm["enabled"] and on.vlm["task"] == "grounding" and on.vlm["deadline_s"] == 5
@@ -96,6 +97,9 @@ def test_vlm_defaults_are_off_and_complete():
     ({"question": "\ud800 ships"}, "vlm.question: not valid Unicode"),
     ({"merge_threshold": 1.5}, "vlm.merge_threshold: must be in"),
     ({"colour": 1}, "vlm.colour: unknown key"),
+    ({"memory": "shared"}, "vlm.memory: must be one of ['copy', 'owned']"),
+    ({"memory": None}, "vlm.memory: must be one of"),
+    ({"memory": 1}, "vlm.memory: must be one of"),
 ])
 def test_vlm_bad_values_name_the_key(vlm, key):
     with pytest.raises(ConfigError) as e:
@@ -110,3 +114,15 @@ def test_vlm_keys_as_uplinked_overrides():
     assert cfg.vlm["question"] == "Is the runway clear?"
     with pytest.raises(ConfigError, match="^vlm.model_dir"):
         apply_overrides(default_config(), {"vlm.enabled": True})
+
+
+def test_vlm_memory_owned_and_independent_of_model_memory():
+    """vlm.memory is the VLM's own choice: the detector's model.memory does not set it."""
+    on = validate({"vlm": {"enabled": True, "model_dir": "models/vlm/tiny", "memory": "owned"}})
+    assert on.vlm["memory"] == "owned" and on.model["memory"] == "copy"
+    both = apply_overrides(default_config(), {"model.memory": "owned"})
+    assert both.model["memory"] == "owned" and both.vlm["memory"] == "copy"
+    cfg = apply_overrides(default_config(), {"vlm.memory": "owned"})
+    assert cfg.vlm["memory"] == "owned"
+    with pytest.raises(ConfigError, match="^vlm.memory: must be one of"):
+        apply_overrides(cfg, {"vlm.memory": "OWNED"})

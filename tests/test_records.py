@@ -467,7 +467,7 @@ def test_tables():
     for table, names in ((spec.TASKS, spec.TASK_NAMES), (spec.STOP_REASONS, spec.STOP_NAMES)):
         assert {v: k for k, v in table.items()} == names and len(names) == len(table)
     assert sorted(spec.KEYS.values()) == list(range(26))
-    assert sorted(spec.COUNTERS.values()) == list(range(28))
+    assert sorted(spec.COUNTERS.values()) == list(range(30))
     assert sorted(spec.STAGES.values()) == list(range(11))
     assert sorted(spec.EVENT_CODES.values()) == list(range(1, 19))
     assert spec.TASKS == {"vqa": 0, "caption": 1, "grounding": 2}

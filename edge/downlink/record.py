@@ -129,9 +129,13 @@ COUNTERS = {
     "model_errors": 13, "restarts": 14, "scrub_checked_bytes": 15, "scrub_corrected": 16,
     "scrub_restored": 17, "scrub_unrecoverable": 18, "uplink_rejected": 19,
     "journal_dropped_bytes": 20, "config_errors": 21, "scrub_passes": 22, "weights_unprotected": 23,
-    # VLM (edge/vlm): questions that got no answer; model answers rejected as a whole (nothing
-    # usable in a grounding answer); answer records journaled; grounding items dropped by validation
+    # VLM (edge/vlm): questions that got no full answer (no answer at all, or one cut by its deadline:
+    # the partial answer is still sent); answers with nothing usable (sent with a vlm_rejected event);
+    # answer records journaled; grounding items dropped by validation
     "vlm_errors": 24, "vlm_rejected": 25, "vlm_answers": 26, "vlm_items_skipped": 27,
+    # the VLM's weights: unprotected (vlm.memory "copy", 1 once loaded); dropped and reloaded after an
+    # unrecoverable scrub (edge/vlm/service.py)
+    "vlm_weights_unprotected": 28, "vlm_weights_dropped": 29,
 }
 COUNTER_NAMES = {v: k for k, v in COUNTERS.items()}
 

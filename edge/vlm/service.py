@@ -60,6 +60,23 @@ TaskOutcome.rejected) is still sent (the answer record keeps the raw text; groun
 holds what the other tiles found) with a vlm_rejected event and counter;
 items dropped by validation count in vlm_items_skipped; every answer journaled counts in vlm_answers.
 
+The weights under the scrubber ([vlm] memory; edge/reliability/regions.py, docs/reliability.md
+"The VLM's weights"). With memory = "owned" and the scrubber running, the load hashes the graph files
+(sha256, the digests kept for the run: a VLM directory has no manifest) and adds one protected region
+per weight array to the loop's scrubber ("vlm/<role>:<initializer>", golden: the initializer parsed
+again from the verified file), and state/regions.json is written again. An upset is corrected or
+restored by the scrubber as for the detector (scrub_corrected / scrub_restored events and counters).
+A block that cannot be restored (scrub_unrecoverable: the file fails its sha256, or the restore does
+not take) does NOT send the board to safe mode: the VLM is optional. The flight loop hands the event
+to weights_failed(); before the next answer the service drops the model (its regions leave the
+scrubber and the map; a vlm_error event, the vlm_weights_dropped counter) and loads it again from its
+files, which must match the digests of the first load (else the VLM is unusable for the rest of the
+run: every question due gets a vlm_error). After MAX_DROPS drops in one run the VLM stays off until
+the worker restarts. An answer already computed when the damage is found is sent as it is (the
+scrubber finds an upset only when it passes by; detector answers share that window). With memory =
+"copy" the weights stay in ONNX Runtime's own copy: one "started" event "scrubber: vlm weights
+unprotected", the vlm_weights_unprotected counter at 1 and the reason in the region map.
+
 Liveness: the model is loaded lazily, once, at the first due question (the detector-only flight path
 never imports edge.vlm), under the heartbeat stage "vlm_setup" (startup deadline; also the frame's
 conversion to RGB). run_task's heartbeat is the loop's: the model's "vision", "prefill" and every
@@ -105,6 +122,11 @@ STATE_VERSION = 1
 BEAT_STAGES = {"vision": "vlm_vision", "prefill": "vlm_prefill", "decode": "vlm_decode",
                "setup": "vlm_setup", "preprocess": "vlm_setup"}
 VLM_COUNTERS = ("vlm_errors", "vlm_rejected", "vlm_answers", "vlm_items_skipped")
+#: Counters of the VLM's weights under the scrubber. They reach housekeeping once the record's
+#: counter table has ids for them (edge.downlink.record.COUNTERS); VlmService.stats has them always.
+VLM_WEIGHT_COUNTERS = ("vlm_weights_unprotected", "vlm_weights_dropped")
+#: Drops of the model for unrecoverable weights per run, at most; then the VLM stays off (reported).
+MAX_DROPS = 3
 #: vlm_error events per answer at most (a task's own error list can be long).
 MAX_EVENTS_PER_ANSWER = 4
 #: Answers started per question (and per standing question on a frame): the first, and one more after a
@@ -356,7 +378,8 @@ def load_model(vlm_cfg: dict):
     """The VLM of the [vlm] section (tests replace this function with a fake model's loader)."""
     from edge.vlm.model import VlmModel
 
-    return VlmModel(vlm_cfg["model_dir"], variant=vlm_cfg["variant"], threads=vlm_cfg["threads"])
+    return VlmModel(vlm_cfg["model_dir"], variant=vlm_cfg["variant"], threads=vlm_cfg["threads"],
+                    memory=vlm_cfg.get("memory", "copy"))
 
 
 
@@ -375,6 +398,11 @@ class VlmService:
         self.model = None
         self.model_id = None
         self.load_error: str | None = None
+        self.regions: list = []            # the model's ProtectedRegions in the loop's scrubber
+        self.digests: dict | None = None   # sha256 of its files at the first load (this run)
+        self.weights_failure: str | None = None   # an unrecoverable VLM block, not acted on yet
+        self.drops = 0
+        self.stats = collections.Counter()  # the VLM_WEIGHT_COUNTERS, whatever the record knows
         for name in VLM_COUNTERS:          # in every housekeeping record from the start
             loop.counters[name] += 0
         if self.queue.problem:
@@ -477,6 +505,90 @@ class VlmService:
             return lambda stage: beat(BEAT_STAGES.get(stage, "vlm_" + str(stage)), fid)
         return lambda stage: hb(BEAT_STAGES.get(stage, "vlm_" + str(stage)))
 
+    # ---- the weights under the scrubber (module docstring) ------------------------------------------
+    def _count(self, name: str, value: int | None = None) -> None:
+        """A VLM_WEIGHT_COUNTERS counter: in self.stats always, in the loop's (housekeeping) counters
+        only when the record's counter table knows the name (an unknown one is refused there)."""
+        if value is None:
+            self.stats[name] += 1
+        else:
+            self.stats[name] = value
+        if name in rec.COUNTERS:
+            self.loop.counters[name] = self.stats[name]
+
+    def weights_failed(self, text: str) -> None:
+        """A scrub_unrecoverable event of a VLM region (from the flight loop's drain): acted on
+        before the next answer (_check_weights), in the loop's thread. Only for a region of the
+        model in use that still holds the failed block: an event of a model dropped already (queued
+        by the scrub thread before its regions left) is not held against the reloaded one."""
+        name = text.partition(": ")[0]
+        region = next((r for r in self.regions if r.name == name), None)
+        if (self.model is not None and self.weights_failure is None and region is not None
+                and region.failed):
+            self.weights_failure = text
+
+    def _check_weights(self) -> None:
+        """Drop the model when one of its regions holds a block the scrubber could not restore."""
+        self.loop._drain_scrub_events()   # journals pending scrub events; VLM ones -> weights_failed
+        if self.model is None:
+            return
+        if self.weights_failure is None:
+            bad = next((r for r in self.regions if r.failed), None)
+            if bad is None:
+                return
+            self.weights_failure = f"{bad.name}: {len(bad.failed)} block(s) unrecoverable"
+        why, self.weights_failure = self.weights_failure, None
+        self._drop(why)
+
+    def _drop(self, why: str) -> None:
+        from edge.reliability.regions import unprotect_vlm
+
+        if self.regions and self.loop.scrubber is not None:
+            unprotect_vlm(self.loop, self.regions)
+        self.regions = []
+        self.model = self.model_id = None
+        self.drops += 1
+        self._count("vlm_weights_dropped")
+        region = why.partition(": ")[0]     # the scrub event (journaled already) has the detail
+        if self.drops >= MAX_DROPS:
+            self.load_error = (f"vlm unusable: weights unrecoverable {self.drops} times in this run; "
+                               f"off until the worker restarts")
+            self._vlm_error(f"vlm weights unrecoverable: model dropped, {self.drops} drops, the VLM "
+                            f"is off until the worker restarts ({region})")
+        else:
+            self._vlm_error(f"vlm weights unrecoverable: model dropped, loaded again from its files "
+                            f"at the next question (drop {self.drops} of {MAX_DROPS}; {region})")
+
+    def _protect(self, model, beat) -> None:
+        """Put the loaded model's weights under the loop's scrubber (owned) or say they are not
+        (copy); nothing when the scrubber is off. GoldenError when the files do not match the first
+        load's digests; ValueError for regions that cannot be registered."""
+        loop = self.loop
+        if loop.scrubber is None or loop.regions is None:
+            return
+        from edge.reliability.regions import check_vlm_digests, protect_vlm, vlm_digests
+
+        tick = None if beat is None else (lambda: beat("setup"))
+        owned = bool(model.weight_regions()) if hasattr(model, "weight_regions") else False
+        if owned:
+            if self.digests is None:
+                self.digests = vlm_digests(model, tick)
+            else:   # a reload after a drop: the very files of the first load, or nothing
+                check_vlm_digests(model, self.digests, tick)
+        regions = protect_vlm(loop, model, self.digests or {}, beat=tick)
+        if not regions:
+            if not self.stats["vlm_weights_unprotected"]:
+                self._count("vlm_weights_unprotected", 1)
+                loop._event("started", f"scrubber: vlm weights unprotected (vlm.memory "
+                                       f"{self.cfg.get('memory', 'copy')!r}: ONNX Runtime keeps its "
+                                       f"own copy)")
+            return
+        self.regions = regions
+        nbytes = sum(r.length for r in regions)
+        total = loop.scrubber.protected_bytes
+        loop._event("started", f"scrubber: vlm weights protected, {len(regions)} regions, {nbytes} "
+                               f"bytes; a full pass now {total / loop.scrubber.budget_bytes_per_s:.1f} s")
+
     def _ensure_model(self, beat) -> bool:
         if self.model is not None:
             return True
@@ -486,10 +598,15 @@ class VlmService:
             beat("setup")
         t0 = time.perf_counter()
         try:
+            from edge.reliability.scrubber import GoldenError
             from edge.vlm.tasks import vlm_model_id
 
             model = load_model(self.cfg)
             model_id = vlm_model_id(model)
+            try:
+                self._protect(model, beat)
+            except GoldenError as e:   # a reload whose files changed since the first load
+                raise ValueError(f"files not the ones first loaded: {e}") from None
         except Exception as e:  # VlmModelError, OSError, a runtime that cannot open the graphs
             self.load_error = f"vlm unusable: {e}"   # e names the directory / file (events: 160 bytes)
             self.loop.counters["model_errors"] += 1
@@ -520,6 +637,7 @@ class VlmService:
         run_standing = standing and not self.loop.journal.has_key(STANDING_KEY_BIT | (fid or 0))
         if not todo and not run_standing:
             return 0
+        self._check_weights()
         if not self._ensure_model(beat):
             for q in todo:
                 self._vlm_error(f"question {q.id} ({q.source}): not answered: the VLM is unusable "
@@ -559,6 +677,10 @@ class VlmService:
 
         loop, c, fid = self.loop, self.cfg, frame.frame_id
         who = f"question {qid} ({source})" if qid is not None else source
+        self._check_weights()          # weights found unrecoverable since the last answer: reload
+        if not self._ensure_model(beat):
+            self._vlm_error(f"{who}: not answered: the VLM is unusable (reported at its load)", fid)
+            return 0
         if self.queue.attempt(key) > MAX_ATTEMPTS:
             self._vlm_error(f"{who}: given up: {MAX_ATTEMPTS} answers started never finished (the "
                             f"worker stopped while answering)", fid)
@@ -608,5 +730,5 @@ def _first(errors):
     return errors[0] if errors else None
 
 
-__all__ = ["MAX_PENDING", "QUESTION_KEY_BIT", "STANDING_KEY_BIT", "Question", "QuestionError",
+__all__ = ["MAX_DROPS", "MAX_PENDING", "QUESTION_KEY_BIT", "STANDING_KEY_BIT", "Question", "QuestionError",
            "QuestionQueue", "VlmService", "check_question", "load_model", "parse_queue_file"]

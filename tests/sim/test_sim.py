@@ -1,5 +1,5 @@
 """The QEMU arm64 flight board (firmware_sim/): the nominal and the watchdog-reset scenarios on every
-`make test`, so CI keeps the emulated board working; `make sim` runs all six.
+`make test` (and the on-board VLM scenario), so CI keeps the emulated board working; `make sim` runs all seven.
 
 The board boots Debian's arm64 kernel with the image of firmware_sim/image.py (built once and cached
 under ~/.cache/orbit-edge/sim/, keyed by its inputs), runs the cross-built wheel's flight software under
@@ -41,3 +41,14 @@ def test_watchdog_reset_scenario(images, tmp_path):
     out = sc_watchdog_reset(images, tmp_path)
     assert out.passed, out.line()
     assert out.figures["boots"] == 2
+
+
+def test_vlm_scenario(images, tmp_path):
+    """The on-board VLM on the emulated board: the tiny random LFM2-VL (models/vlm/tiny/, fp32) answers a
+    questions file of the spool (VQA, grounding, caption) after the detector's records; every answer
+    arrives once, token for token identical to the same run on this x86 host."""
+    from firmware_sim.sim import sc_vlm
+
+    out = sc_vlm(images, tmp_path)
+    assert out.passed, out.line()
+    assert out.figures["answers_identical"] == "3/3"
