@@ -19,7 +19,7 @@ APT_PACKAGES := gcc-aarch64-linux-gnu g++-aarch64-linux-gnu libpython3.11-dev:ar
 # (the flight board's kernel and busybox are arm64 packages fetched with apt-get download by
 #  firmware_sim/image.py, not installed on the host)
 
-.PHONY: help deps-apt venv build wheel wheel-aarch64 rootfs-aarch64 test test-aarch64 bench models demo \
+.PHONY: help deps-apt venv build wheel wheel-aarch64 rootfs-aarch64 test test-aarch64 bench bench-vlm models demo \
         campaign sim sim-shell clean
 
 help:
@@ -29,6 +29,7 @@ help:
 	@echo "make wheel          x86_64 wheel into dist/"
 	@echo "make wheel-aarch64  cross-built manylinux aarch64 wheel into dist/"
 	@echo "make bench          benchmarks against peers -> bench/results.json, bench/RESULTS.md"
+	@echo "make bench-vlm      the on-board VLM vs transformers generate() (builds a ~2 GB model once; not in CI)"
 	@echo "make campaign       the fault-injection campaigns at their full counts (~30 min) -> build/campaign-results.jsonl"
 	@echo "make sim            the QEMU arm64 flight board: every scenario (SCENARIO=name for one)"
 	@echo "make sim-shell      boot the emulated flight board to a shell"
@@ -78,6 +79,18 @@ $(VENV)/.stamp-bench: $(VENV)/.stamp requirements-bench.txt
 
 bench: build $(VENV)/.stamp-bench
 	$(VPY) -m bench.run
+
+# The VLM benchmark (issue 7; not in CI): transformers + torch (the CPU wheel pip takes from local disk via
+# its find-links) in their own venv, NEVER torchvision; models/vlm/build.py --dims real builds the random-weight
+# 450M-dimension model once into ~/.cache/orbit-edge/vlm-real-<key>/ -> bench/results.vlm.json, bench/RESULTS.md
+.venv-vlm/.stamp: models/requirements-vlm.txt
+	$(PYTHON) -m venv .venv-vlm
+	.venv-vlm/bin/pip install -q --upgrade pip
+	.venv-vlm/bin/pip install -q -r models/requirements-vlm.txt
+	touch $@
+
+bench-vlm: build .venv-vlm/.stamp
+	$(VPY) -m bench.bench_vlm
 
 # Model build tools (torch, litert-torch: ~2 GB) live in their own venv, never in the runtime one.
 .venv-models/.stamp: models/requirements.txt models/requirements-tflite.txt requirements-dev.txt

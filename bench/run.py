@@ -943,7 +943,13 @@ def main(argv: list[str] | None = None) -> int:
         except (OSError, ValueError):
             pass
     (args.out_dir / "results.raw.json").write_text(json.dumps(raw, indent=2) + "\n")
-    (args.out_dir / "RESULTS.md").write_text(md)
+    results_md = args.out_dir / "RESULTS.md"
+    # `make bench-vlm` (bench/bench_vlm.py) owns the section between its markers: keep it.
+    old = results_md.read_text() if results_md.exists() else ""
+    start = old.find("<!-- bench-vlm:start")
+    if start >= 0:
+        md = md.rstrip("\n") + "\n\n" + old[start:]
+    results_md.write_text(md)
     _log(f"wrote {args.out_dir / 'results.json'}, {args.out_dir / 'RESULTS.md'} in {doc['elapsed_s']:.0f} s")
     print(md)
     return 0

@@ -35,18 +35,11 @@ from edge.reliability.regions import (VLM_KIND, GoldenError, VlmGolden, check_vl
 from edge.reliability.scrubber import CORRECTED, RESTORED, UNRECOVERABLE, Scrubber
 from edge.vlm import service
 from edge.vlm.model import VlmModel
-from tests.test_vlm_flight import _cfg, _frame, _kind, _questions, _records
+from tests.test_vlm_flight import _cfg, _frame, _kind, _questions, _records, spool  # noqa: F401 (fixture)
 
 ROOT = Path(__file__).resolve().parent.parent
 TINY = ROOT / "models" / "vlm" / "tiny"
 QUESTION = "How many ships are there?"
-
-
-@pytest.fixture
-def spool(tmp_path):
-    d = tmp_path / "spool"
-    d.mkdir()
-    return d
 
 
 @pytest.fixture

@@ -245,15 +245,21 @@ def _text(value, name: str) -> str:
     return truncate_text(value)
 
 
-def _event_code(value, name: str) -> int:
+def _named_id(value, table: dict, names: dict, name: str, what: str | None = None) -> int:
+    """The id of `value`, given by name (a key of `table`) or by id (a key of `names`)."""
+    what = what or name
     if isinstance(value, str):
-        if value not in EVENT_CODES:
-            raise ValueError(f"{name}: unknown event code {value!r} (known: {', '.join(EVENT_CODES)})")
-        return EVENT_CODES[value]
-    code = _uint(value, name)
-    if code not in EVENT_NAMES:
-        raise ValueError(f"{name}: unknown event code id {code} (known: 1..{max(EVENT_NAMES)})")
-    return code
+        if value not in table:
+            raise ValueError(f"{name}: unknown {what} {value!r} (known: {', '.join(table)})")
+        return table[value]
+    ident = _uint(value, name)
+    if ident not in names:
+        raise ValueError(f"{name}: unknown {what} id {ident} (known: {sorted(names)})")
+    return ident
+
+
+def _event_code(value, name: str) -> int:
+    return _named_id(value, EVENT_CODES, EVENT_NAMES, name, "event code")
 
 
 def _dumps(record: dict) -> bytes:
@@ -576,17 +582,6 @@ def encode_event(*, seq, time_ms, boot, code, text, frame_id=None) -> bytes:
 
 
 # ---- answer -----------------------------------------------------------------------------------
-
-def _named_id(value, table: dict, names: dict, name: str) -> int:
-    if isinstance(value, str):
-        if value not in table:
-            raise ValueError(f"{name}: unknown {name} {value!r} (known: {', '.join(table)})")
-        return table[value]
-    ident = _uint(value, name)
-    if ident not in names:
-        raise ValueError(f"{name}: unknown {name} id {ident} (known: {sorted(names)})")
-    return ident
-
 
 def _timings_ms(timings) -> list[int]:
     if not isinstance(timings, Mapping):
