@@ -715,3 +715,29 @@ device = ""
     assert ans.question_id == 1 and ans.tokens >= 1
     assert sup["deadlines"]["vlm_decode"]["samples"] == ans.tokens
     assert sup["deadlines"]["vlm_decode"]["deadline_s"] == 0.5
+
+
+def test_grounding_skips_the_tiles_the_detector_screens_out(tmp_path, spool, fake):
+    """A frame whose left half is outside the swath (0 in every band): the VLM's grounding pass asks only
+    the tiles with data; its frame record counts the screened ones as no-data."""
+    sc = generate_scene(5, 256, 512, bands="bgrn", ships=(3, 3), cloud_probability=0.0)
+    img = sc.image.copy()
+    img[:, :256] = 0
+    img.tofile(spool / "half.raw")
+    (spool / "half.json").write_text(json.dumps({"shape": list(img.shape), "dtype": "uint16",
+                                                 "capture_time": 1_790_000_000_005}))
+    _questions(spool, "q", [{"id": 1, "task": "grounding", "text": "ships", "frame": "half.raw"}])
+    cfg = _cfg(tmp_path, **{"vlm.tile": 256, "vlm.overlap": 0})
+    with FlightLoop(cfg) as loop:
+        loop.run(str(spool))
+    assert len(fake.asked) == 1                                     # the right half only
+    frames = [r for r in _kind(_records(tmp_path / "down.bin"), "frame") if r.model_id == FAKE_ID.hex()]
+    assert len(frames) == 1 and frames[0].tiles == {"total": 2, "nodata": 1, "cloud": 0, "inferred": 1}
+    # with [screening] off, every tile is asked
+    fake.asked.clear()
+    (spool / ".done" / "half.raw").rename(spool / "again.raw")
+    (spool / ".done" / "half.json").rename(spool / "again.json")
+    _questions(spool, "q2", [{"id": 2, "task": "grounding", "text": "ships", "frame": "again.raw"}])
+    with FlightLoop(_cfg(tmp_path, **{"vlm.tile": 256, "vlm.overlap": 0, "screening.enabled": False})) as loop:
+        loop.run(str(spool))
+    assert len(fake.asked) == 2

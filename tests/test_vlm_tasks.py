@@ -638,3 +638,29 @@ def test_run_task_on_the_tiny_model_end_to_end():
         check_records(out)
     assert "decode" in beats and vlm_model_id(model) == model_id_of(
         hashlib.sha256(model.files["decoder"].path.read_bytes()).hexdigest())
+
+
+def test_screened_tiles_are_not_asked_and_are_counted_in_the_frame_record():
+    """The detector's screening on the raw frame (raw_screen): a no-data strip and a cloud bank under
+    whole VLM tiles are never sent to the model; the frame record's tiles key counts them."""
+    from edge.screen import ScreenRule
+
+    hw = (512, 1536)                                  # three 512 px tiles side by side (overlap 0)
+    raw = np.random.default_rng(3).integers(200, 1500, (*hw, 4), dtype=np.uint16)   # 12-bit B, G, R, NIR
+    raw[:, :512] = 0                                  # tile 0: outside the swath (0 in every band)
+    raw[:, 1024:, :3] = 4000                          # tile 2: cloud (bright in the bands used)
+    skip = tasks.raw_screen(raw, [2, 1, 0], ScreenRule(True, 0.98, 0.95), bright_threshold=3000)
+    assert [skip(p.frame_box) for p in tile_frame(hw, 512, 0, 16)] == ["nodata", None, "cloud"]
+    model = FakeModel(["[]"])
+    out = run_task(model, frame(*hw), "grounding", "ships", frame_id=8, tile=512, overlap=0,
+                   skip_tile=skip)
+    assert len(model.calls) == 1 and out.tiles == 1 and (out.tiles_nodata, out.tiles_cloud) == (1, 1)
+    fr = check_records(out)[0]
+    assert fr.tiles == {"total": 3, "nodata": 1, "cloud": 1, "inferred": 1}
+    # off: every tile asked
+    off = tasks.raw_screen(raw, [2, 1, 0], ScreenRule(False, 0.98, 0.95), bright_threshold=3000)
+    model = FakeModel(["[]"] * 3)
+    out = run_task(model, frame(*hw), "grounding", "ships", frame_id=8, tile=512, overlap=0, skip_tile=off)
+    assert len(model.calls) == 3 and out.tiles == 3
+    with pytest.raises(TaskError, match="skip_tile"):
+        run_task(FakeModel(["[]"]), frame(*hw), "grounding", None, frame_id=8, skip_tile=lambda box: "haze")

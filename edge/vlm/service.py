@@ -672,6 +672,19 @@ class VlmService:
             self.queue.finished(key)
         return n
 
+    def _screen(self, frame):
+        """The detector's [screening] on the raw frame under each grounding tile (tasks.raw_screen):
+        no-data and cloud tiles are not asked (the frame record's tiles key counts them)."""
+        from edge.screen import ScreenRule
+        from edge.vlm.tasks import raw_screen
+
+        sc = self.loop.cfg.screening
+        if not sc["enabled"]:
+            return None
+        return raw_screen(frame.array, self.loop.cfg.sensor["bands"],
+                          ScreenRule(True, sc["nodata_fraction"], sc["cloud_fraction"]),
+                          sc["bright_threshold"], layout=frame.layout)
+
     def _answer_one(self, frame, image, task: str, text, qid, key: int, source: str, beat) -> int:
         from edge.vlm.tasks import run_task
 
@@ -691,7 +704,7 @@ class VlmService:
                            tile=c["tile"], overlap=c["overlap"], max_tiles=c["max_tiles"],
                            image_max_side=c["image_max_side"], max_new_tokens=c["max_new_tokens"],
                            deadline_s=c["deadline_s"], merge_threshold=c["merge_threshold"],
-                           heartbeat=beat)
+                           heartbeat=beat, skip_tile=self._screen(frame) if task == "grounding" else None)
         except Exception as e:  # VlmModelError, a runtime error inside ORT, a bad image
             self._vlm_error(f"{who}: not answered: {type(e).__name__}: {e}", fid)
             return 0

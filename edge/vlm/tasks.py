@@ -875,6 +875,8 @@ class TaskOutcome:
     errors: list = field(default_factory=list)
     tiles: int = 0                  # VLM images asked (tiles for grounding, 1 otherwise)
     tiles_planned: int = 0
+    tiles_nodata: int = 0           # grounding tiles skip_tile screened out as no-data ...
+    tiles_cloud: int = 0            # ... or as cloud (never asked: seconds of compute each)
     frame_hw: tuple | None = None   # (height, width) of the frame asked about
     repairs: list = field(default_factory=list)   # grounding repairs made, each once
 
@@ -910,11 +912,45 @@ def _touches_inner_edge(box, p: Placement, frame_hw) -> bool:
             or (fx2 < w and x2 >= fx2 - ex) or (fy2 < h and y2 >= fy2 - ey))
 
 
+def raw_screen(frame: np.ndarray, bands, rule, bright_threshold: int, layout: str = "HWC"):
+    """skip_tile for run_task: the detector's screening (edge/screen.py: no-data = 0 in every band,
+    cloud = >= bright_threshold in every band, the same fractions and thresholds) applied to the RAW
+    frame under one VLM tile, so a VLM grounding pass never spends seconds on a tile the detector
+    would not look at. rule: edge.screen.ScreenRule; bands: the [sensor] bands the model sees."""
+    from edge.screen import CLOUD, NODATA, screen_tiles
+
+    arr = np.asarray(frame)
+    if arr.ndim == 2:
+        arr = arr[:, :, None]
+        bands = [0]
+    hwc = arr if layout == "HWC" else np.moveaxis(arr, 0, -1)
+    idx = list(bands)
+
+    def skip(box) -> str | None:
+        if not rule.enabled:
+            return None
+        x1, y1, x2, y2 = (int(round(v)) for v in box)
+        raw = hwc[y1:y2, x1:x2][..., idx]
+        n = raw.shape[0] * raw.shape[1]
+        if n == 0:
+            return None
+        nodata = np.count_nonzero((raw == 0).all(axis=-1)) / n
+        bright = np.count_nonzero((raw >= bright_threshold).all(axis=-1)) / n
+        d = screen_tiles(np.array([nodata]), np.array([bright]), rule)[0]
+        return "nodata" if d == NODATA else "cloud" if d == CLOUD else None
+
+    return skip
+
+
 def run_task(model, image_hwc_uint8: np.ndarray, task: str, question: str | None, *, question_id=None,
              frame_id=None, tile: int = 512, overlap: int = 64, max_tiles: int = 16,
              image_max_side: int = 512, max_new_tokens: int = 256, deadline_s: float = 60.0,
-             merge_threshold: float = 0.5, heartbeat=None) -> TaskOutcome:
-    """Ask `model` one question about one image (module docstring)."""
+             merge_threshold: float = 0.5, heartbeat=None, skip_tile=None) -> TaskOutcome:
+    """Ask `model` one question about one image (module docstring).
+
+    skip_tile: optional, for grounding: skip_tile((x1, y1, x2, y2) in frame pixels) -> None (ask the
+    tile) or "nodata" / "cloud" (do not: counted in tiles_nodata / tiles_cloud). The flight loop passes
+    the detector's screening rule applied to the raw frame (edge.vlm.tasks.raw_screen)."""
     t_start = time.monotonic()
     prompt = task_prompt(task, question)
     image = _as_rgb(image_hwc_uint8)
@@ -956,6 +992,14 @@ def run_task(model, image_hwc_uint8: np.ndarray, task: str, question: str | None
             out.stop = "deadline"
             out.errors.append(f"deadline: {len(placements) - k} of {len(placements)} tiles not asked")
             break
+        if skip_tile is not None:
+            reason = skip_tile(p.frame_box)
+            if reason is not None:
+                if reason not in ("nodata", "cloud"):
+                    raise TaskError(f"skip_tile: must return None, 'nodata' or 'cloud', got {reason!r}")
+                out.tiles_nodata += reason == "nodata"
+                out.tiles_cloud += reason == "cloud"
+                continue
         beat("preprocess")
         crop = work[p.y:p.y + p.h, p.x:p.x + p.w]
         result = _ask(model, crop, prompt, max_new_tokens, remaining / (len(placements) - k), heartbeat)
@@ -1019,18 +1063,19 @@ def outcome_records(outcome: TaskOutcome, *, first_seq: int, time_ms: int, model
                     capture_time_ms: int | None = None, georef=None) -> list:
     """The downlink records of one outcome, [(kind, bytes)] with consecutive seqs from first_seq: for
     grounding a frame record (the merged boxes, the label table (key 12), the VLM's model id, tiles =
-    the tiles asked) then the answer record; for VQA / captions the answer record only."""
+    (asked + screened, no-data, cloud, asked)) then the answer record; for VQA / captions the answer record only."""
     from edge.downlink.record import encode_answer, encode_frame
     records = []
     seq = first_seq
     if outcome.task == "grounding":
         if outcome.frame_id is None:
             raise TaskError("frame_id: a grounding outcome needs the frame id for its frame record")
-        n = outcome.tiles
+        n, nd, cl = outcome.tiles, outcome.tiles_nodata, outcome.tiles_cloud
         records.append(("frame", encode_frame(
             seq=seq, frame_id=outcome.frame_id,
             capture_time_ms=time_ms if capture_time_ms is None else capture_time_ms,
-            model_id=model_id, frame_hw=outcome.frame_hw, tiles=(n, 0, 0, n), boxes=outcome.boxes,
+            model_id=model_id, frame_hw=outcome.frame_hw, tiles=(n + nd + cl, nd, cl, n),
+            boxes=outcome.boxes,
             scores=outcome.scores, class_ids=outcome.class_ids if outcome.labels else None,
             georef=georef, labels=outcome.labels or None)))
         seq += 1
