@@ -96,3 +96,31 @@ def test_q4_decoder_runs_and_stays_close(variants_dir):
 def test_default_order_prefers_q8_then_fp32_over_fp16_and_q4(variants_dir):
     m = VlmModel(variants_dir)
     assert m.variants == {"vision": "fp32", "embed": "fp32", "decoder": "q8"}
+
+
+@pytest.mark.parametrize("suffix", ["", "_q8"])
+def test_decoder_with_last_position_logits(tmp_path, suffix):
+    """models/vlm/last_logits.py slices the hidden state before the head; the runtime reads the fixed 1
+    from the session and gives the same tokens as the full-logits export (fp32: transformers' own)."""
+    from models.vlm.last_logits import RewriteError, last_position_logits
+
+    d = tmp_path / "m"
+    shutil.copytree(TINY, d)
+    path = d / "onnx" / f"decoder_model_merged{suffix}.onnx"
+    rewritten = last_position_logits(onnx.load(str(path)))
+    onnx.save(rewritten, str(path))
+    with pytest.raises(RewriteError, match="already has one position"):
+        last_position_logits(rewritten)
+    variant = "fp32" if not suffix else None
+    full = VlmModel(TINY, variant=variant)
+    last = VlmModel(d, variant=variant)
+    assert last.describe()["last_logits_only"] and not full.describe()["last_logits_only"]
+    for case in REFS["cases"]:
+        inp = last.prepare([_image(case)], last.chat_prompt(case["question"]))
+        res = last.generate(inp, max_new_tokens=case["max_new_tokens"])
+        ref = full.generate(full.prepare([_image(case)], full.chat_prompt(case["question"])),
+                            max_new_tokens=case["max_new_tokens"])
+        if not suffix:
+            assert res.tokens == case["generated_ids"], case["name"]
+        else:   # q8: the head's dynamic activation scale now comes from one row: the first token agrees
+            assert res.tokens[0] == ref.tokens[0], case["name"]

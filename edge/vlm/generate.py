@@ -132,7 +132,7 @@ class _Runner:
         v = self.ds.vocab
         if v is None:
             return None
-        return np.empty((1, t, v), dtype=dtype)
+        return np.empty((1, 1 if self.ds.last_logits_only else t, v), dtype=dtype)
 
 
 def _runner(model) -> _Runner:

@@ -291,6 +291,9 @@ class DecoderSpec:
     position_dtype: type | None
     vocab: int | None
     slots: list = field(default_factory=list)
+    #: The graph's logits keep only the last position ([B, 1, vocab], a fixed 1 in the session): the
+    #: prefill then costs no lm_head over the whole prompt. Exports as Liquid's give every position.
+    last_logits_only: bool = False
 
     @property
     def conv_layers(self) -> int:
@@ -438,10 +441,11 @@ def decoder_spec(sess, label: str, text_cfg: dict) -> DecoderSpec:
     slots.sort(key=lambda s: (s.layer, s.kind))
     logits = outs["logits"]
     vocab = logits.shape[-1] if logits.shape else None
+    last_only = len(logits.shape) == 3 and logits.shape[1] == 1
     pos = ins.get("position_ids")
     return DecoderSpec("inputs_embeds", "attention_mask", pos and pos.name, "logits",
                        ins["inputs_embeds"].dtype, ins["attention_mask"].dtype, pos and pos.dtype,
-                       vocab, slots)
+                       vocab, slots, last_only)
 
 
 #: Sessions run without ONNX Runtime's CPU memory arena. The decoder's working set changes from the
@@ -768,7 +772,7 @@ class VlmModel:
             "weights": self.weight_bytes,
             "kv_cache": dec.kv_bytes_per_token() * total * 2,   # present + the past it replaces
             "conv_cache": dec.conv_bytes() * 2,
-            "logits": (prompt_tokens + 1) * vocab * 4,
+            "logits": ((1 if dec.last_logits_only else prompt_tokens) + 1) * vocab * 4,
         }
         est["total"] = sum(est.values())
         return est
@@ -787,6 +791,7 @@ class VlmModel:
             "weight_bytes": self.weight_bytes,
             "conv_layers": dec.conv_layers, "attention_layers": dec.attention_layers,
             "position_ids": dec.position_ids is not None,
+            "last_logits_only": dec.last_logits_only,
             "cache_dtype": np.dtype(dec.slots[0].dtype).name,
             "vocab": dec.vocab, "image_token_id": self.image_token_id,
             "eos_token_ids": sorted(self.eos_token_ids),
