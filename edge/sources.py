@@ -320,23 +320,28 @@ class Spool:
         return sorted(p for p in (self.dir / ACTIVE).iterdir()
                       if _ACTIVE_NAME.match(p.name) and p.suffix.lower() in FRAME_SUFFIXES)
 
+    def _files(self) -> list[Path]:
+        """The spool's own files (one directory scan): frames, sidecars, queue files."""
+        return [p for p in self.dir.iterdir() if p.is_file() and not p.name.startswith(".")]
+
+    @staticmethod
+    def _is_frame(p: Path) -> bool:
+        return p.suffix.lower() in FRAME_SUFFIXES and not p.name.lower().endswith(QUESTIONS_SUFFIX)
+
     def waiting(self) -> list[Path]:
         """Frame files not yet claimed, in processing order."""
-        return sorted(p for p in self.dir.iterdir()
-                      if p.is_file() and not p.name.startswith(".")
-                      and p.suffix.lower() in FRAME_SUFFIXES
-                      and not p.name.lower().endswith(QUESTIONS_SUFFIX))
+        return sorted(p for p in self._files() if self._is_frame(p))
 
     def question_files(self) -> list[Path]:
         """The VLM question queue files (`*.questions.json`) waiting in the spool, in name order.
         A `.questions.json` beside a frame of the same stem (waiting or active) is that frame's
         sidecar, not a queue file."""
-        stems = {p.stem for p in self.waiting()}
+        files = self._files()
+        stems = {p.stem for p in files if self._is_frame(p)}
         stems.update(m.group(2).rsplit(".", 1)[0] for p in self._active()
                      if (m := _ACTIVE_NAME.match(p.name)))
-        return sorted(p for p in self.dir.iterdir()
-                      if p.is_file() and not p.name.startswith(".")
-                      and p.name.lower().endswith(QUESTIONS_SUFFIX)
+        return sorted(p for p in files
+                      if p.name.lower().endswith(QUESTIONS_SUFFIX)
                       and p.name[:-len(SIDECAR_SUFFIX)] not in stems)
 
     def finish_questions(self, path: Path, ok: bool) -> Path:

@@ -209,13 +209,7 @@ def generate(model, inputs, *, max_new_tokens: int = 64, deadline_s: float | Non
         total = T + max_new
         mask = np.ones((1, total), dtype=ds.mask_dtype)
         pos = np.arange(total, dtype=ds.position_dtype or np.int64)[None]
-        logits_dtype = np.float32
-        out_dtype = r.decoder.get_outputs()[0]  # logits dtype as declared (float / float16)
-        for o in r.decoder.get_outputs():
-            if o.name == ds.logits:
-                out_dtype = o
-        if out_dtype.type == "tensor(float16)":
-            logits_dtype = np.float16
+        logits_dtype = ds.logits_dtype
         logits, cache = r.run_decoder(emb, mask[:, :T], pos[:, :T], r.empty_cache(),
                                       r.logits_buffer(T, logits_dtype))
         nxt = int(np.argmax(logits[0, -1]))

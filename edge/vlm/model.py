@@ -294,6 +294,7 @@ class DecoderSpec:
     #: The graph's logits keep only the last position ([B, 1, vocab], a fixed 1 in the session): the
     #: prefill then costs no lm_head over the whole prompt. Exports as Liquid's give every position.
     last_logits_only: bool = False
+    logits_dtype: type = np.float32      # as the session declares it (float / float16)
 
     @property
     def conv_layers(self) -> int:
@@ -445,7 +446,8 @@ def decoder_spec(sess, label: str, text_cfg: dict) -> DecoderSpec:
     pos = ins.get("position_ids")
     return DecoderSpec("inputs_embeds", "attention_mask", pos and pos.name, "logits",
                        ins["inputs_embeds"].dtype, ins["attention_mask"].dtype, pos and pos.dtype,
-                       vocab, slots, last_only)
+                       vocab, slots, last_only,
+                       np.float16 if logits.dtype is np.float16 else np.float32)
 
 
 #: Sessions run without ONNX Runtime's CPU memory arena. The decoder's working set changes from the
