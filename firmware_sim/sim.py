@@ -22,7 +22,8 @@ the radio and acknowledge what arrives, and checks what reached the ground:
     small_memory    nominal (int8) on a 512 MiB board
     vlm             the on-board VLM (the tiny random LFM2-VL of models/vlm/tiny/, fp32) answers a
                     questions file of the spool (VQA, caption, grounding) after the detector's records:
-                    every question's answer record arrives once, its tokens identical to an x86 run
+                    every question's answer record arrives once, identical (text and token count)
+                    to an x86 run
 Results as JSON lines with --json-out FILE (docs/sim.md quotes them).
 """
 from __future__ import annotations
@@ -369,9 +370,9 @@ def sc_vlm(images, work: Path) -> Outcome:
     out.figures["answers"] = len(answers)
     out.figures["tokens"] = sum(a[0] for a in answers.values())
     out.figures["answers_identical"] = f"{len(same)}/{len(want)}"
-    out.check(len(same) == len(want), "fp32 answers token for token identical to the x86 run")
-    vlm_frames = [r for r in got if r.kind == "frame" and r.model_id in {a.model_id for a in got
-                                                                          if a.kind == "answer"}]
+    out.check(len(same) == len(want), "fp32 answers identical to the x86 run (text and token count)")
+    vlm_ids = {r.model_id for r in got if r.kind == "answer"}
+    vlm_frames = [r for r in got if r.kind == "frame" and r.model_id in vlm_ids]
     out.check(len(vlm_frames) == 1, f"the grounding question's frame record (labels, the VLM's model id) "
                                     f"arrived once ({len(vlm_frames)})")
     board.stop_ground()

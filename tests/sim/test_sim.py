@@ -46,7 +46,7 @@ def test_watchdog_reset_scenario(images, tmp_path):
 def test_vlm_scenario(images, tmp_path):
     """The on-board VLM on the emulated board: the tiny random LFM2-VL (models/vlm/tiny/, fp32) answers a
     questions file of the spool (VQA, grounding, caption) after the detector's records; every answer
-    arrives once, token for token identical to the same run on this x86 host."""
+    arrives once, identical (text and token count) to the same run on this x86 host."""
     from firmware_sim.sim import sc_vlm
 
     out = sc_vlm(images, tmp_path)
